@@ -1,0 +1,1 @@
+"""The Gradio GUI; builds its widgets from engine.schema."""

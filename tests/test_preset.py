@@ -1,0 +1,299 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.preset import (
+    KOHYA_SS,
+    PresetError,
+    apply_overrides,
+    default_values,
+    load_preset,
+    parse_preset,
+    parse_preset_text,
+    save_preset,
+)
+from engine.schema import OPTIONS, OPTIONS_TABLE, SECTIONS, TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "presets"
+
+# Every key DESIGN.md says the engine relies on.
+DESIGN_KEYS = """pretrained_model_name_or_path ae clip_l t5xxl clip_l_tokenizer_path
+t5xxl_tokenizer_path train_data_dir reg_data_dir output_dir logging_dir output_name epoch
+max_train_steps train_batch_size save_every_n_epochs save_every_n_steps save_precision
+mixed_precision fp8_base fp8_base_unet cache_latents cache_latents_to_disk
+flux1_cache_text_encoder_outputs flux1_cache_text_encoder_outputs_to_disk optimizer
+optimizer_args lr_scheduler lr_warmup_steps learning_rate unet_lr text_encoder_lr network_dim
+network_alpha network_weights max_resolution enable_bucket min_bucket_reso max_bucket_reso
+caption_extension seed gradient_checkpointing guidance_scale timestep_sampling
+discrete_flow_shift model_prediction_type blocks_to_swap highvram mem_eff_save save_state
+save_state_on_train_end resume max_grad_norm gradient_accumulation_steps""".split()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_schema_declares_every_design_key():
+    missing = [key for key in DESIGN_KEYS if key not in OPTIONS]
+    assert missing == []
+
+
+def test_every_option_is_well_formed_and_its_default_valid():
+    for option in OPTIONS_TABLE:
+        assert option.type in TYPES and option.section in SECTIONS
+        assert option.label and option.help, option.key
+        if option.choices:
+            assert option.default in option.choices, option.key
+            assert len(set(option.choices)) == len(option.choices)
+    # The defaults together form a valid preset.
+    assert parse_preset(default_values()).values == default_values()
+
+
+def test_every_section_has_options():
+    assert {option.section for option in OPTIONS_TABLE} == set(SECTIONS)
+
+
+def test_each_declared_choice_is_accepted():
+    for option in OPTIONS_TABLE:
+        for choice in option.choices or ():
+            values = dict(default_values(), **{option.key: choice})
+            assert parse_preset(values).values[option.key] == choice
+
+
+def test_save_load_round_trip_keeps_windows_paths_and_unicode(tmp_path):
+    values = dict(default_values(),
+                  pretrained_model_name_or_path=r"C:\Models\FLUX dev\flux1-dev.safetensors",
+                  train_data_dir=r"D:\Datasets\Zoë\img", epoch=25, learning_rate=3e-5,
+                  description="Zoë's 12 GB run")
+    path = tmp_path / "sub dir" / "p.json"
+    save_preset(values, path)
+    loaded = load_preset(path)
+    assert loaded.values == values
+    assert loaded.unknown_keys == [] and loaded.notes == [] and loaded.defaulted_keys == []
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert list(data) == sorted(data) and data["preset_version"] == 1
+    assert text.startswith('{\n  "LoRA_type"')  # indent 2, sorted keys
+    assert list(path.parent.iterdir()) == [path]  # no temp files left
+
+
+def test_missing_keys_take_defaults_and_are_listed():
+    result = parse_preset({"preset_version": 1, "epoch": 3})
+    assert result.values == dict(default_values(), epoch=3)
+    assert "seed" in result.defaulted_keys and "epoch" not in result.defaulted_keys
+
+
+def test_unknown_keys_are_reported_by_name():
+    result = parse_preset({"preset_version": 1, "epochs": 3, "zzz": True})
+    assert result.unknown_keys == ["epochs", "zzz"]
+    assert result.warnings() == ["Not used by FluxLoRA: epochs, zzz"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epoch", "15", "epoch: '15' is not allowed, expected a whole number from 1 to 100000"),
+    ("epoch", 0, "epoch: 0 is not allowed, expected a whole number from 1 to 100000"),
+    ("epoch", 2.5, "epoch: 2.5 is not allowed, expected a whole number from 1 to 100000"),
+    ("fp8_base", "yes", "fp8_base: 'yes' is not allowed, expected true or false"),
+    ("learning_rate", -1, "learning_rate: -1 is not allowed, expected a number from 0 to 1"),
+    ("optimizer", "Lion", "optimizer: 'Lion' is not allowed, expected one of 'AdamW', "
+     "'AdamW8bit', 'Adafactor', 'Prodigy'"),
+    ("network_dim", True, "network_dim: True is not allowed, expected a whole number from 1 to 1024"),
+    ("max_resolution", "768x768", "max_resolution: '768x768' is not allowed, expected width,height such as '768,768'"),
+    ("max_resolution", "700,700", "max_resolution: '700,700' is not allowed, expected sides from 256 "
+     "to 4096 in multiples of 64, such as '768,768'"),
+    ("caption_extension", "txt", "caption_extension: 'txt' is not allowed, expected an extension such as '.txt'"),
+    ("output_name", "a/b", "output_name: 'a/b' is not allowed"),
+    ("optimizer_args", "relative_step", "optimizer_args: 'relative_step' is not allowed, expected key=value"),
+])
+def test_bad_values_name_key_value_and_what_is_allowed(key, value, message):
+    with pytest.raises(PresetError) as caught:
+        parse_preset({"preset_version": 1, key: value}, source="my.json")
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(message)
+    assert str(caught.value).startswith("my.json: ")
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(PresetError) as caught:
+        parse_preset({"preset_version": 1, "epoch": -1, "seed": "x", "min_bucket_reso": 64})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["epoch", "seed"]
+
+
+def test_bucket_range_is_checked():
+    with pytest.raises(PresetError, match="min_bucket_reso: 1024 is larger than max_bucket_reso 512"):
+        parse_preset({"preset_version": 1, "min_bucket_reso": 1024, "max_bucket_reso": 512})
+
+
+def test_malformed_json_reports_line_and_column(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "epoch": 15,\n  "seed": 42,,\n}\n')
+    with pytest.raises(PresetError) as caught:
+        load_preset(path)
+    assert caught.value.problems == ["malformed JSON at line 3, column 14: Expecting property name enclosed in double quotes"]
+    assert caught.value.source == str(path)
+
+
+def test_non_object_and_future_version_are_errors():
+    with pytest.raises(PresetError, match="a preset is a JSON object"):
+        parse_preset_text("[1, 2]")
+    with pytest.raises(PresetError, match="preset_version: 2 is not supported, expected 1 .written by a newer FluxLoRA"):
+        parse_preset_text('{"preset_version": 2}')
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"preset_version": 1, "epoch": 4}).encode())
+    assert load_preset(path).values["epoch"] == 4
+
+
+def test_save_refuses_invalid_values_and_leaves_old_file(tmp_path):
+    path = tmp_path / "p.json"
+    save_preset(default_values(), path)
+    before = path.read_bytes()
+    with pytest.raises(PresetError, match="epoch: 0 is not allowed"):
+        save_preset(dict(default_values(), epoch=0), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+
+def test_overrides_parse_by_schema_type():
+    values = apply_overrides(default_values(), ["epoch=3", "fp8_base=false", "learning_rate=5e-5",
+                                                "output_dir=C:\\out dir"])
+    assert (values["epoch"], values["fp8_base"], values["learning_rate"], values["output_dir"]) == (
+        3, False, 5e-5, "C:\\out dir")
+    with pytest.raises(PresetError) as caught:
+        apply_overrides(default_values(), ["epochs=3", "seed=abc", "noequals"])
+    assert caught.value.problems == [
+        "epochs: not a FluxLoRA option (did you mean epoch?)",
+        "seed: 'abc' is not allowed, expected a whole number from 0 to 4294967295",
+        "'noequals': expected key=value",
+    ]
+
+
+# A kohya_ss GUI config as kohya_ss (v25) saves it for a FLUX LoRA, with its usual quirks.
+KOHYA_FLUX_CONFIG = {
+    "LoRA_type": "Flux1", "flux1_checkbox": True, "model_list": "custom",
+    "pretrained_model_name_or_path": "C:/models/flux1-dev.safetensors",
+    "ae": "C:/models/ae.safetensors", "clip_l": "C:/models/clip_l.safetensors",
+    "t5xxl": "C:/models/t5xxl_fp16.safetensors",
+    "train_data_dir": "C:\\lora\\img", "reg_data_dir": "", "output_dir": "C:\\lora\\model",
+    "logging_dir": "C:\\lora\\log", "output_name": "ohwx_flux",
+    "optimizer": "Adafactor", "optimizer_args": "relative_step=False scale_parameter=False warmup_init=False",
+    "max_resolution": "768,768", "xformers": "sdpa", "epoch": 15, "save_every_n_epochs": 1,
+    "fp8_base": True, "fp8_base_unet": True, "network_dim": 64, "network_alpha": 64,
+    "learning_rate": 0.0001, "unet_lr": 0.0001, "text_encoder_lr": "0.0001",
+    "lr_scheduler": "constant", "lr_warmup": 0, "lr_warmup_steps": 0, "max_train_steps": "0",
+    "seed": "", "mixed_precision": "bf16", "save_precision": "fp16", "cache_latents": True,
+    "cache_latents_to_disk": True, "flux1_cache_text_encoder_outputs": True,
+    "flux1_cache_text_encoder_outputs_to_disk": True, "mem_eff_save": True, "highvram": False,
+    "gradient_checkpointing": True, "max_grad_norm": 0, "enable_bucket": True,
+    "min_bucket_reso": 256, "max_bucket_reso": 2048, "train_batch_size": 1,
+    "timestep_sampling": "sigmoid", "discrete_flow_shift": 3.1582, "model_prediction_type": "raw",
+    "guidance_scale": 1, "blocks_to_swap": "16", "caption_extension": ".txt",
+    "full_bf16": "False", "save_state": False, "resume": "", "network_weights": "",
+    "gradient_accumulation_steps": 1, "sample_prompts": "", "sample_every_n_epochs": 0,
+    "noise_offset": 0, "clip_skip": 1, "sdxl": False, "v2": False, "color_aug": False,
+    "flip_aug": False, "split_mode": False, "additional_parameters": "",
+}
+
+
+def test_kohya_flux_config_imports_with_values_and_unused_keys(tmp_path):
+    source = tmp_path / "kohya config.json"
+    source.write_text(json.dumps(KOHYA_FLUX_CONFIG, indent=2))
+    result = run_cli("preset", "import-kohya", source, tmp_path / "ours.json")
+    assert result.returncode == 0, result.stderr
+    imported = load_preset(tmp_path / "ours.json")
+    values = imported.values
+    assert imported.format != KOHYA_SS and imported.unknown_keys == []
+    expected = {key: value for key, value in KOHYA_FLUX_CONFIG.items() if key in OPTIONS}
+    expected.update(text_encoder_lr=1e-4, max_train_steps=0, seed=42, blocks_to_swap=16,
+                    full_bf16=False, guidance_scale=1.0, network_alpha=64.0, max_grad_norm=0.0,
+                    lr_warmup=0.0)
+    assert {key: values[key] for key in expected} == expected
+    assert type(values["guidance_scale"]) is float and type(values["blocks_to_swap"]) is int
+    unused = ["additional_parameters", "clip_skip", "color_aug", "flip_aug", "flux1_checkbox",
+              "model_list", "noise_offset", "sample_every_n_epochs", "sample_prompts", "sdxl",
+              "split_mode", "v2", "xformers"]
+    assert load_preset(source).unknown_keys == unused
+    assert f"note: Not used by FluxLoRA: additional_parameters, clip_skip" in result.stderr
+    assert "xformers (FluxLoRA always uses PyTorch SDPA attention)" in result.stderr
+    assert "note: seed: empty in the file, the default 42 is used" in result.stderr
+    assert "note: blocks_to_swap: '16' read as 16" in result.stderr
+    assert "note: full_bf16: 'False' read as false" in result.stderr
+
+
+def test_kohya_config_for_sdxl_is_refused():
+    config = dict(KOHYA_FLUX_CONFIG, flux1_checkbox=False, LoRA_type="Standard")
+    with pytest.raises(PresetError) as caught:
+        parse_preset(config)
+    assert caught.value.problems[0].startswith("flux1_checkbox: false means this kohya_ss config is not for FLUX.1")
+    assert caught.value.problems[1] == "LoRA_type: 'Standard' is not allowed, expected one of 'Flux1'"
+
+
+def test_kohya_strings_that_are_not_numbers_are_errors():
+    with pytest.raises(PresetError, match="epoch: 'fifteen' is not allowed, expected a whole number"):
+        parse_preset(dict(KOHYA_FLUX_CONFIG, epoch="fifteen"))
+    with pytest.raises(PresetError, match=r"epoch: '2\.5' is not allowed"):
+        parse_preset(dict(KOHYA_FLUX_CONFIG, epoch="2.5"))
+
+
+RECIPE_12GB = {
+    "LoRA_type": "Flux1", "save_precision": "fp16", "epoch": 15, "save_every_n_epochs": 1,
+    "cache_latents": True, "cache_latents_to_disk": True, "lr_scheduler": "constant",
+    "lr_warmup_steps": 0, "optimizer": "Adafactor",
+    "optimizer_args": "relative_step=False scale_parameter=False warmup_init=False",
+    "max_grad_norm": 0.0, "max_resolution": "768,768", "enable_bucket": True,
+    "learning_rate": 1e-4, "text_encoder_lr": 1e-4, "unet_lr": 1e-4, "network_dim": 64,
+    "network_alpha": 64.0, "flux1_cache_text_encoder_outputs": True,
+    "flux1_cache_text_encoder_outputs_to_disk": True, "mem_eff_save": True, "fp8_base": True,
+    "fp8_base_unet": True, "full_bf16": False, "highvram": False, "gradient_checkpointing": True,
+    "blocks_to_swap": 16,
+}
+
+
+def test_shipped_12gb_preset_is_the_recipe():
+    values = load_preset(PRESETS / "flux1-dev-12gb.json").values
+    assert {key: values[key] for key in RECIPE_12GB} == RECIPE_12GB
+
+
+@pytest.mark.parametrize("name", ["flux1-dev-12gb", "flux1-dev-16gb", "flux1-dev-24gb"])
+def test_shipped_presets_validate_with_empty_paths(name):
+    path = PRESETS / f"{name}.json"
+    result = load_preset(path)
+    assert result.unknown_keys == [] and result.notes == [] and result.defaulted_keys == []
+    path_keys = [o.key for o in OPTIONS_TABLE if o.type in ("file", "dir")]
+    assert all(result.values[key] == "" for key in path_keys)
+    assert len(result.values["description"]) > 80
+    cli = run_cli("preset", "validate", path)
+    assert cli.returncode == 0 and cli.stdout.strip() == f"{path}: valid preset"
+
+
+def test_larger_card_presets_differ_only_where_described():
+    base = load_preset(PRESETS / "flux1-dev-12gb.json").values
+    for name in ("flux1-dev-16gb", "flux1-dev-24gb"):
+        other = load_preset(PRESETS / f"{name}.json").values
+        changed = sorted(k for k in base if base[k] != other[k] and k != "description")
+        assert changed, name
+        description = other["description"]
+        for key in changed:
+            words = {"blocks_to_swap": "swap", "max_resolution": "resolution", "optimizer": "AdamW8bit",
+                     "optimizer_args": "Adafactor", "max_grad_norm": "clipping", "highvram": "highvram"}
+            assert words[key] in description, (name, key)
+
+
+def test_cli_validate_reports_errors_and_exit_code(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"preset_version": 1, "epoch": 0, "optimizer": "Lion"}))
+    result = run_cli("preset", "validate", path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {path}: epoch: 0 is not allowed, expected a whole number from 1 to 100000",
+        f"error: {path}: optimizer: 'Lion' is not allowed, expected one of 'AdamW', 'AdamW8bit', 'Adafactor', 'Prodigy'",
+    ]
+    missing = run_cli("preset", "validate", tmp_path / "nope.json")
+    assert missing.returncode == 1 and "nope.json: file not found" in missing.stderr
