@@ -7,3 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# Fixture modules, one per area (tiny models, tiny tagger, ...); add yours to this list.
+pytest_plugins: list[str] = []
