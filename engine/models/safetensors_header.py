@@ -1,0 +1,66 @@
+"""Read a .safetensors header (names, dtypes, shapes, metadata) without touching the weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.models.errors import ModelFileError
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors dtype name: BF16, F16, F32, F8_E4M3, ...
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Header:
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_bytes: int  # size of the data section the header describes
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: info.shape for name, info in self.tensors.items()}
+
+
+def read_header(path: str | Path, expected: str = "a .safetensors model file") -> Header:
+    """Parse the header; a missing, truncated or non-safetensors file is a ModelFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: file not found (expected {expected})")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ModelFileError(f"{path}: only {size} bytes, not a safetensors file (expected {expected})")
+        (length,) = struct.unpack("<Q", prefix)
+        if length <= 1 or length > _MAX_HEADER or length + 8 > size:
+            raise ModelFileError(_not_safetensors(path, expected))
+        raw = handle.read(length)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFileError(_not_safetensors(path, expected)) from None
+    if not isinstance(data, dict):
+        raise ModelFileError(_not_safetensors(path, expected))
+    metadata = data.pop("__metadata__", None) or {}
+    tensors, end = {}, 0
+    for name, entry in data.items():
+        tensors[name] = TensorInfo(entry["dtype"], tuple(entry["shape"]))
+        end = max(end, entry["data_offsets"][1])
+    if 8 + length + end > size:
+        raise ModelFileError(
+            f"{path}: truncated: the header describes {8 + length + end} bytes but the file has "
+            f"{size} (download it again; expected {expected})"
+        )
+    return Header(tensors, metadata, end)
+
+
+def _not_safetensors(path: Path, expected: str) -> str:
+    hint = " (a .ckpt/.pt pickle? convert it to .safetensors)" if path.suffix in (".ckpt", ".pt", ".pth", ".bin") else ""
+    return f"{path}: not a safetensors file{hint}; expected {expected}"

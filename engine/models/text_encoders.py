@@ -1,0 +1,109 @@
+"""CLIP-L and T5-XXL single files into transformers models; their tokenizers, offline-first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.models.errors import ModelFileError
+from engine.models.identify import describe
+from engine.models.safetensors_header import read_header
+
+CLIP_EXPECTED = "the CLIP-L text encoder, clip_l.safetensors"
+T5_EXPECTED = "the T5-XXL text encoder, e.g. t5xxl_fp16.safetensors"
+STANDARD_TOKENIZERS = {"clip_l": "openai/clip-vit-large-patch14", "t5xxl": "google/t5-v1_1-xxl"}
+
+
+def _count(shapes, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+
+def load_clip_l(path: str | Path, dtype: torch.dtype = torch.float32):
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    shapes = read_header(path, CLIP_EXPECTED).shapes()
+    embedding = shapes.get("text_model.embeddings.token_embedding.weight")
+    if embedding is None:
+        raise ModelFileError(f"{path}: this looks like {describe(shapes)}; expected {CLIP_EXPECTED}")
+    vocab, hidden = embedding
+    config = CLIPTextConfig(
+        vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=shapes["text_model.encoder.layers.0.mlp.fc1.weight"][0],
+        num_hidden_layers=_count(shapes, "text_model.encoder.layers."),
+        num_attention_heads=max(1, hidden // 64),  # CLIP-L: 768 wide, 12 heads of 64
+        max_position_embeddings=shapes["text_model.embeddings.position_embedding.weight"][0],
+        hidden_act="quick_gelu", bos_token_id=min(vocab - 2, 49406), pad_token_id=vocab - 1,
+        eos_token_id=2,  # the legacy rule of clip-vit-large-patch14: pool at the highest token id
+        torch_dtype=dtype,
+    )
+    model = CLIPTextModel(config)
+    # The file names tensors text_model.*; the model may or may not use that prefix.
+    keep_prefix = any(k.startswith("text_model.") for k in model.state_dict())
+    with safe_open(str(path), framework="pt") as handle:
+        state = {(k if keep_prefix else k.removeprefix("text_model.")): handle.get_tensor(k).to(dtype)
+                 for k in handle.keys() if k.startswith("text_model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if "position_ids" not in k]
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: incomplete CLIP-L ({(missing or unexpected)[:3]}); expected {CLIP_EXPECTED}")
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
+    from safetensors import safe_open
+    from transformers import T5Config, T5EncoderModel
+
+    path = Path(path)
+    shapes = read_header(path, T5_EXPECTED).shapes()
+    bias = shapes.get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    if "shared.weight" not in shapes or bias is None:
+        raise ModelFileError(f"{path}: this looks like {describe(shapes)}; expected {T5_EXPECTED}")
+    vocab, d_model = shapes["shared.weight"]
+    buckets, heads = bias
+    gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in shapes
+    wi = "wi_0" if gated else "wi"
+    config = T5Config(
+        vocab_size=vocab, d_model=d_model, num_heads=heads, relative_attention_num_buckets=buckets,
+        d_kv=shapes["encoder.block.0.layer.0.SelfAttention.q.weight"][0] // heads,
+        d_ff=shapes[f"encoder.block.0.layer.1.DenseReluDense.{wi}.weight"][0],
+        num_layers=_count(shapes, "encoder.block."),
+        feed_forward_proj="gated-gelu" if gated else "relu", torch_dtype=dtype,
+    )
+    model = T5EncoderModel(config)
+    with safe_open(str(path), framework="pt") as handle:
+        state = {k: handle.get_tensor(k).to(dtype) for k in handle.keys() if k.startswith(("encoder.", "shared."))}
+    state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: incomplete T5 encoder ({(missing or unexpected)[:3]}); expected {T5_EXPECTED}")
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def load_tokenizers(clip_l_tokenizer_path: str = "", t5xxl_tokenizer_path: str = ""):
+    """(CLIP tokenizer, T5 tokenizer): from the given folders, else the standard ones from the
+    Hugging Face cache (downloaded when online)."""
+    return (_tokenizer("clip_l", clip_l_tokenizer_path, "clip_l_tokenizer_path"),
+            _tokenizer("t5xxl", t5xxl_tokenizer_path, "t5xxl_tokenizer_path"))
+
+
+def _tokenizer(kind: str, folder: str, key: str):
+    from transformers import AutoTokenizer
+
+    if folder:
+        if not Path(folder).is_dir():
+            raise ModelFileError(f"{key}: folder {folder} not found; choose a folder with the tokenizer files or leave it empty")
+        try:
+            return AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{key}: {folder} holds no usable tokenizer ({exc})") from None
+    repo = STANDARD_TOKENIZERS[kind]
+    try:
+        return AutoTokenizer.from_pretrained(repo)
+    except OSError:
+        raise ModelFileError(
+            f"{key}: the standard tokenizer {repo} is not in the Hugging Face cache and cannot be "
+            f"downloaded now; connect once to download it, or set {key} to a folder holding it"
+        ) from None
