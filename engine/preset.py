@@ -236,9 +236,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
     width = int(match.group(1))
     height = int(match.group(2) or width)
     for side in (width, height):
-        if side % 64 or not 256 <= side <= 4096:
+        if side % 64 or not 64 <= side <= 4096:
             raise ValueError(
-                f"max_resolution: {text!r} is not allowed, expected sides from 256 to 4096 "
+                f"max_resolution: {text!r} is not allowed, expected sides from 64 to 4096 "
                 "in multiples of 64, such as '768,768'"
             )
     return width, height

@@ -104,7 +104,7 @@ def test_unknown_keys_are_reported_by_name():
      "'AdamW8bit', 'Adafactor', 'Prodigy'"),
     ("network_dim", True, "network_dim: True is not allowed, expected a whole number from 1 to 1024"),
     ("max_resolution", "768x768", "max_resolution: '768x768' is not allowed, expected width,height such as '768,768'"),
-    ("max_resolution", "700,700", "max_resolution: '700,700' is not allowed, expected sides from 256 "
+    ("max_resolution", "700,700", "max_resolution: '700,700' is not allowed, expected sides from 64 "
      "to 4096 in multiples of 64, such as '768,768'"),
     ("caption_extension", "txt", "caption_extension: 'txt' is not allowed, expected an extension such as '.txt'"),
     ("output_name", "a/b", "output_name: 'a/b' is not allowed"),

@@ -1,0 +1,96 @@
+"""The FLUX.1 LoRA training run: `check_ready(values)` and `train(values, on_event, stop)`.
+
+One run: load models, cache latents and text-encoder outputs, train the LoRA with accelerate
+(mixed precision, gradient accumulation, clipping), save LoRAs and resumable states on the
+preset's cadence. Everything is reported through `engine.events`; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.dataset.layout import DatasetError, scan_train_dir
+from engine.events import Finished, emit
+from engine.models.errors import ModelFileError
+from engine.preset import PresetError, validate_values
+from engine.train_state import StateError
+
+MODEL_FILES = (
+    ("pretrained_model_name_or_path", "FLUX.1 model file"),
+    ("ae", "autoencoder file (ae.safetensors)"),
+    ("clip_l", "CLIP-L file"),
+    ("t5xxl", "T5-XXL file"),
+)
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed", "stopped" or "failed"
+    lora_path: str = ""
+    state_dir: str = ""
+    steps: int = 0  # cumulative optimizer steps
+    epoch: int = 0  # completed epochs, cumulative
+    log_path: str = ""
+    message: str = ""
+
+
+def check_ready(values: dict) -> list[str]:
+    """Every reason `train(values)` could not start, at once; empty = ready."""
+    problems = validate_values(values)
+    if problems:
+        return problems
+    for key, label in MODEL_FILES:
+        if not values[key].strip():
+            problems.append(f"{key}: empty; choose the {label}")
+        elif not Path(values[key]).is_file():
+            problems.append(f"{key}: file {values[key]} not found")
+    for key in ("clip_l_tokenizer_path", "t5xxl_tokenizer_path"):
+        if values[key] and not Path(values[key]).is_dir():
+            problems.append(f"{key}: folder {values[key]} not found")
+    try:
+        scan_train_dir(values["train_data_dir"], values["caption_extension"])
+    except DatasetError as exc:
+        problems.append(str(exc))
+    if values["reg_data_dir"]:
+        try:
+            scan_train_dir(values["reg_data_dir"], values["caption_extension"], key="reg_data_dir")
+        except DatasetError as exc:
+            problems.append(str(exc))
+    if not values["output_dir"].strip():
+        problems.append("output_dir: empty; choose where the LoRA files go")
+    elif Path(values["output_dir"]).is_file():
+        problems.append(f"output_dir: {values['output_dir']} is a file, not a folder")
+    if values["network_weights"] and not Path(values["network_weights"]).is_file():
+        problems.append(f"network_weights: file {values['network_weights']} not found")
+    if values["resume"] and not (Path(values["resume"]) / "train_state.json").is_file():
+        problems.append(f"resume: {values['resume']} is not a state folder (no train_state.json in it)")
+    return problems
+
+
+def train(values: dict, on_event=None, stop: threading.Event | None = None) -> TrainResult:
+    """Train; never raises for user-fixable problems: they come back as status "failed"."""
+    from engine.training.run import TrainingRun
+
+    problems = check_ready(values)
+    if problems:
+        message = "; ".join(problems)
+        emit(on_event, Finished("failed", message=message))
+        return TrainResult("failed", message=message)
+    run = TrainingRun(values, on_event, stop or threading.Event())
+    try:
+        result = run.execute()
+    except (ModelFileError, DatasetError, PresetError, StateError, ValueError, OSError) as exc:
+        run.log(f"error: {exc}", "error")
+        result = TrainResult("failed", message=str(exc), log_path=str(run.log_path or ""),
+                             steps=run.step, epoch=run.completed_epochs)
+    except Exception as exc:  # a bug or an out-of-memory: still report it in the page, with the log
+        run.log_exception(exc)
+        result = TrainResult("failed", message=f"{type(exc).__name__}: {exc}", log_path=str(run.log_path or ""),
+                             steps=run.step, epoch=run.completed_epochs)
+    finally:
+        run.close()
+    emit(on_event, Finished(result.status, message=result.message, lora_path=result.lora_path,
+                            state_dir=result.state_dir, log_path=result.log_path))
+    return result

@@ -1,0 +1,116 @@
+"""Training samples, aspect-ratio buckets and the seeded batch order.
+
+The order of an epoch is a pure function of (seed, epoch), so a run resumed mid-epoch sees
+exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from engine.dataset.images import BadImageError, open_image_rgb
+from engine.dataset.layout import ImageItem, scan_train_dir
+from engine.preset import parse_resolution
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_path: Path
+    caption: str
+    repeats: int
+    bucket: tuple[int, int]  # (width, height) in pixels
+
+
+def bucket_for(width: int, height: int, values: dict) -> tuple[int, int]:
+    """The training size of an image: its aspect ratio at most the max resolution's area,
+    never larger than the image itself, sides in bucket_reso_steps multiples."""
+    max_w, max_h = parse_resolution(values["max_resolution"])
+    if not values["enable_bucket"]:
+        return max_w, max_h
+    step = values["bucket_reso_steps"]
+    low, high = values["min_bucket_reso"], values["max_bucket_reso"]
+    area = min(max_w * max_h, width * height)
+    ratio = width / height
+    bucket_w = math.sqrt(area * ratio)
+    bucket_h = area / bucket_w
+    bucket_w = min(max(_floor(bucket_w, step), low), high)
+    bucket_h = min(max(_floor(bucket_h, step), low), high)
+    return max(bucket_w, step), max(bucket_h, step)
+
+
+def _floor(value: float, step: int) -> int:
+    return int(value // step) * step
+
+
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
+    """Resize to cover the bucket, then centre-crop to it."""
+    width, height = bucket
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.LANCZOS)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def make_samples(items: list[ImageItem], values: dict, image_size) -> list[Sample]:
+    """image_size(path) -> (width, height) of the upright image."""
+    return [Sample(item.image_path, item.caption, item.repeats, bucket_for(*image_size(item.image_path), values))
+            for item in items]
+
+
+def epoch_batches(samples: list[Sample], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of sample indices for one epoch (epoch counts from 1); each batch from one bucket."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_bucket.setdefault(sample.bucket, []).extend([index] * sample.repeats)
+    batches = []
+    for bucket in sorted(by_bucket):
+        indices = by_bucket[bucket]
+        rng.shuffle(indices)
+        batches.extend(indices[i:i + batch_size] for i in range(0, len(indices), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def steps_in_epoch(samples: list[Sample], batch_size: int, accumulation: int, processes: int = 1) -> int:
+    """Optimizer steps per epoch (per process when several share the batches)."""
+    batches = sum(math.ceil(count / batch_size) for count in _bucket_counts(samples).values())
+    return math.ceil(math.ceil(batches / processes) / accumulation)
+
+
+def _bucket_counts(samples: list[Sample]) -> dict:
+    counts: dict = {}
+    for sample in samples:
+        counts[sample.bucket] = counts.get(sample.bucket, 0) + sample.repeats
+    return counts
+
+
+def load_samples(values: dict, on_skip=lambda text: None) -> list[Sample]:
+    """The preset's training (and regularisation) images with their buckets; unreadable
+    images are reported through on_skip and left out."""
+    items = scan_train_dir(values["train_data_dir"], values["caption_extension"])
+    if values["reg_data_dir"]:
+        items += scan_train_dir(values["reg_data_dir"], values["caption_extension"], key="reg_data_dir")
+    sizes, good = {}, []
+    for item in items:
+        try:
+            with open_image_rgb(item.image_path) as image:
+                sizes[item.image_path] = image.size
+            good.append(item)
+        except BadImageError as exc:
+            on_skip(f"skipping {item.image_path.name}: {exc}")
+    if not good:
+        raise ValueError(f"train_data_dir: none of the {len(items)} images could be read")
+    return make_samples(good, values, lambda path: sizes[path])
+
+
+def steps_per_epoch_for(values: dict) -> int:
+    """Optimizer steps per epoch of a preset's dataset on one process."""
+    samples = load_samples(values)
+    return steps_in_epoch(samples, values["train_batch_size"], values["gradient_accumulation_steps"])
