@@ -278,10 +278,16 @@ class TrainingRun:
         try:
             self.accelerator.load_state(str(self.resume_dir))
         except Exception as exc:  # another optimizer, or kohya's layout: the LoRA still continues
-            self.log(f"the optimizer state in {self.resume_dir.name} does not fit ({type(exc).__name__}); "
-                     "continuing with a fresh optimizer state", "warning")
-            for _ in range(self.step):  # keep the learning-rate schedule where the run was
-                self.scheduler.step()
+            self.log(f"the optimizer state in {self.resume_dir.name} does not fit ({type(exc).__name__}: "
+                     f"{str(exc)[:120]}); continuing with a fresh optimizer state", "warning")
+            self.scheduler.last_epoch = self.step  # keep the learning-rate schedule where the run was
+        # The saved schedule carries the old learning rate; this run's preset decides it.
+        learning_rate = self.values["unet_lr"] or self.values["learning_rate"]
+        self.scheduler.base_lrs = [learning_rate for _ in self.scheduler.base_lrs]
+        rates = [lr_lambda(self.scheduler.last_epoch) * learning_rate for lr_lambda in self.scheduler.lr_lambdas]
+        for group, value in zip(self.optimizer.param_groups, rates):
+            group["lr"] = value
+            group["initial_lr"] = learning_rate
 
     # ---- resume -----------------------------------------------------------------------
     def _read_resume_state(self) -> TrainState:
