@@ -245,8 +245,10 @@ class TrainingRun:
         self.progress(LOADING, 0, 0)
         fp8 = values["fp8_base"] or values["fp8_base_unet"]
         self.log(f"loading the transformer{' in fp8' if fp8 else ''}")
+        swap = values["blocks_to_swap"]
+        self.swapper = None
         transformer = load_flux_transformer(values["pretrained_model_name_or_path"], fp8=fp8,
-                                            compute_dtype=self.compute_dtype, device=self.device)
+                                            compute_dtype=self.compute_dtype, device="cpu" if swap else self.device)
         self.has_guidance = transformer.config.guidance_embeds
         torch.manual_seed(values["seed"])  # the LoRA's initial weights
         add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"])
@@ -262,11 +264,19 @@ class TrainingRun:
             load_lora(transformer, values["network_weights"])
         if values["gradient_checkpointing"]:
             transformer.enable_gradient_checkpointing()
+        if swap:
+            from engine.offload import BlockSwapper
+
+            self.swapper = BlockSwapper(transformer, swap, self.device)
+            BlockSwapper.move_rest(transformer, self.device)
+            self.log(f"{len(self.swapper.swapped)} transformer blocks stay in system RAM and stream to {self.device}")
         transformer.train()
         self.params = lora_parameters(transformer)
         optimizer = create_optimizer(values, self.params)
         self.scheduler = create_scheduler(values, optimizer, self.total_steps)
-        self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
+        # With swapping the model is already placed block by block; accelerate must not move it whole.
+        self.transformer, self.optimizer = self.accelerator.prepare(
+            transformer, optimizer, device_placement=[not swap, True])
         self.accelerator.register_for_checkpointing(self.scheduler)
         # State folders hold only the LoRA (ours), never the frozen base model.
         self.accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
@@ -364,7 +374,8 @@ class TrainingRun:
             samples = [self.samples[i] for i in batch]
             last = index == len(group) - 1
             sync = accelerator.no_sync(self.transformer) if not last else contextlib.nullcontext()
-            with sync, accelerator.autocast():
+            swap = self.swapper.forward_context() if self.swapper else contextlib.nullcontext()
+            with sync, swap, accelerator.autocast():
                 loss = self._loss(samples, generator) / len(group)
                 accelerator.backward(loss)
             total += loss.detach().item()
