@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -45,7 +46,8 @@ def run(args) -> int:
     if result.status == "failed":
         log = f" (log: {result.log_path})" if result.log_path else ""
         raise CommandError(result.message + log)
-    print(result.message)
+    if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun only the main process reports
+        print(result.message)
     return 0
 
 

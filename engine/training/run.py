@@ -41,6 +41,8 @@ class TrainingRun:
 
     # ---- reporting --------------------------------------------------------------------
     def log(self, text: str, level: str = "info") -> None:
+        if not self._is_main():
+            return
         if self._log_file is not None:
             self._log_file.write(f"{datetime.now():%H:%M:%S} {level}: {text}\n")
             self._log_file.flush()
@@ -51,7 +53,13 @@ class TrainingRun:
             self._log_file.write("".join(traceback.format_exception(exc)))
         self.log(f"error: {type(exc).__name__}: {exc}", "error")
 
+    def _is_main(self) -> bool:
+        accelerator = getattr(self, "accelerator", None)
+        return accelerator is None or accelerator.is_main_process
+
     def progress(self, phase: str, done: int, total: int, **fields) -> None:
+        if not self._is_main():
+            return
         emit(self.on_event, Progress(phase, done, total, **fields))
 
     def close(self) -> None:
@@ -94,7 +102,9 @@ class TrainingRun:
         self.device = self.accelerator.device
         self.compute_dtype = _DTYPES[precision]
         self._open_logs()
-        self.log(f"FluxLoRA training {values['output_name']} on {self.device} ({precision} compute)")
+        processes = f" x {self.accelerator.num_processes} processes" if self.accelerator.num_processes > 1 else ""
+        self.log(f"FluxLoRA training {values['output_name']} on {self.device}{processes}, computing in "
+                 f"{str(self.compute_dtype).removeprefix('torch.')}")
         if not cuda:
             self.log("no CUDA GPU found: training on the CPU, which is very slow", "warning")
         set_seed(values["seed"])
