@@ -82,7 +82,7 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None) -> T
     try:
         result = run.execute()
     except (ModelFileError, DatasetError, PresetError, StateError, ValueError, OSError) as exc:
-        run.log(f"error: {exc}", "error")
+        run.log(str(exc), "error")
         result = TrainResult("failed", message=str(exc), log_path=str(run.log_path or ""),
                              steps=run.step, epoch=run.completed_epochs)
     except Exception as exc:  # a bug or an out-of-memory: still report it in the page, with the log

@@ -51,7 +51,7 @@ class TrainingRun:
     def log_exception(self, exc: BaseException) -> None:
         if self._log_file is not None:
             self._log_file.write("".join(traceback.format_exception(exc)))
-        self.log(f"error: {type(exc).__name__}: {exc}", "error")
+        self.log(f"{type(exc).__name__}: {exc}", "error")
 
     def _is_main(self) -> bool:
         accelerator = getattr(self, "accelerator", None)

@@ -1,0 +1,186 @@
+"""What the page's buttons do: each returns Markdown (or values) for the page, never raises for
+a user mistake. The engine is imported here, inside the functions, so the page starts fast."""
+
+from __future__ import annotations
+
+import html
+import sys
+
+
+def problem_list(title: str, problems: list[str]) -> str:
+    return f"**{title}:**\n\n" + "\n".join(f"- {_escape(p)}" for p in problems)
+
+
+def _escape(text: str) -> str:
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
+
+
+# ---- dataset preparation ---------------------------------------------------------------
+def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, dict | None]:
+    from engine.dataset.prepare import PrepareError, prepare_dataset
+    from engine.dataset.tagger import TaggerError, load_wd14, tag_folder
+    from engine.events import Progress
+
+    def report(event):
+        if isinstance(event, Progress) and event.total:
+            progress((event.done, event.total), desc=event.phase)
+
+    try:
+        result = prepare_dataset(
+            values["dataset_instance_prompt"], values["dataset_class_prompt"], values["dataset_images_dir"],
+            values["dataset_repeats"], values["dataset_dest_dir"], values["dataset_reg_images_dir"] or None,
+            values["dataset_reg_repeats"], overwrite=overwrite, caption_extension=values["caption_extension"],
+            on_event=report)
+        lines = [f"Copied **{result.copied}** images to `{result.image_folder}`."]
+        if result.kept_captions:
+            lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
+        rejected = list(result.rejected)
+        if tag:
+            tagger = load_wd14(values["tagger_model_dir"] or None, values["tagger_repo_id"])
+            tagged = tag_folder(
+                tagger, result.image_folder, general_threshold=values["tagger_general_threshold"],
+                character_threshold=values["tagger_character_threshold"], add_rating=values["tagger_add_rating"],
+                prefix=values["dataset_instance_prompt"], undesired_tags=values["tagger_undesired_tags"].split(","),
+                caption_extension=values["caption_extension"], mode=values["tagger_mode"], on_event=report)
+            lines.append(f"Tagged **{tagged.tagged}**, skipped {tagged.skipped} that already had captions.")
+            rejected += tagged.rejected
+            lines.append("Folders filled in on the Folders tab.")
+    except (PrepareError, TaggerError, ValueError, OSError) as exc:
+        return f"**Could not prepare:** {_escape(str(exc))}", None
+    if rejected:
+        lines.append("Rejected:\n" + "\n".join(f"- `{name}`: {_escape(reason)}" for name, reason in rejected))
+    return "\n\n".join(lines), result.copy_info
+
+
+def copy_info(values: dict) -> tuple[dict | None, str]:
+    from engine.dataset.prepare import copy_info_for
+
+    if not values["dataset_dest_dir"].strip():
+        return None, "**Give the destination folder first.**"
+    info = copy_info_for(values["dataset_dest_dir"], bool(values["dataset_reg_images_dir"]))
+    return info, "Folders filled in on the Folders tab."
+
+
+# ---- utilities -------------------------------------------------------------------------
+def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
+    from engine.train_state import StateError, fix_train_state
+
+    if not (folder or "").strip():
+        return "**Give the state folder.**"
+    try:
+        steps = int(steps or 0)
+        if steps <= 0:
+            from engine.training.data import steps_per_epoch_for
+
+            steps = steps_per_epoch_for(values)
+        report = fix_train_state(folder.strip(), steps, dry_run=dry_run)
+    except (StateError, ValueError, OSError) as exc:
+        return f"**Cannot repair:** {_escape(str(exc))}"
+    before, after = report.before, report.after
+    table = ("| | current_epoch | current_step |\n|---|---|---|\n"
+             f"| before | {before.current_epoch} | {before.current_step} |\n"
+             f"| after | {after.current_epoch} | {after.current_step} |")
+    if not report.changed:
+        verdict = f"Nothing to repair: {_escape(report.reason)}."
+    elif dry_run:
+        verdict = f"Would repair ({steps} steps per epoch): {_escape(report.reason)}. Press Repair to write it."
+    else:
+        verdict = f"Repaired: {_escape(report.reason)}. The original is `train_state.json.bak`."
+    return f"{verdict}\n\n{table}"
+
+
+# ---- training --------------------------------------------------------------------------
+def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
+    from engine.cli import CommandError
+    from engine.trainer import check_ready
+
+    if runner.running:
+        return "**A training run is already going;** stop it first or wait for it to finish."
+    if continuing and not problems:
+        from engine.commands.train import continue_values
+
+        try:
+            values = continue_values(values)
+        except CommandError as exc:
+            return f"**Cannot continue:** {_escape(str(exc))}"
+    problems = problems or check_ready(values)
+    if problems:
+        return problem_list("Fix these before starting", problems)
+    refusal = runner.start(values)
+    return f"**{refusal}**" if refusal else ("Continuing from the newest state…" if continuing else "Starting…")
+
+
+def vram_text(values: dict) -> str:
+    from engine.vram import GIB, detected_gpu_memory, estimate_vram
+
+    try:
+        estimate = estimate_vram(values)
+    except (ValueError, OSError) as exc:
+        return f"VRAM estimate unavailable: {_escape(str(exc))}"
+    parts = ", ".join(f"{label} {value / GIB:.1f}" for label, value in estimate.parts.items() if value)
+    text = f"**Predicted peak GPU memory: {estimate.total / GIB:.1f} GiB** ({parts} GiB; {estimate.architecture})"
+    card = detected_gpu_memory()
+    if card is not None and estimate.total > card:
+        text += (f"\n\n**Warning: more than this GPU's {card / GIB:.1f} GiB.** Raise Blocks to swap, lower the rank or "
+                 "resolution, or use AdamW8bit/Adafactor.")
+    elif card is not None:
+        text += f" — fits this GPU ({card / GIB:.1f} GiB)."
+    return text
+
+
+def _clock(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+LOG_LINES = 12
+
+
+def loss_frame(losses):
+    import pandas as pd
+
+    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+
+
+def render(runner):
+    """(status Markdown, progress HTML, loss DataFrame, log text) for the timer."""
+    view = runner.view
+    frame = loss_frame(view.losses)
+    log = "\n".join(list(view.log)[-LOG_LINES:])  # newest last, always in view
+    if not view.phase:
+        return "Idle. Fill in the tabs, then press Start.", "", frame, log
+    percent = 100 * view.done / view.total if view.total else 0
+    bar = (f'<progress class="fluxlora-progress" value="{view.done}" max="{view.total}"></progress>'
+           f"<div>{view.done} / {view.total} ({percent:.0f}%)</div>") if view.total else ""
+    if view.finished is not None:
+        finished = view.finished
+        if finished.status == "failed":
+            status = f"**Training failed:** {_escape(finished.message)}"
+            if finished.log_path:
+                status += f"\n\nLog: `{finished.log_path}`"
+        else:
+            label = "**Finished**" if finished.status == "completed" else "**Stopped**"
+            status = f"{label}: {_escape(finished.message)}"
+            if finished.state_dir:
+                status += f"\n\nState: `{finished.state_dir}`"
+        return status, bar, frame, log
+    status = f"**{html.escape(view.phase.capitalize())}**"
+    if view.phase == "training":
+        rate = f"{view.steps_per_second:.2f} it/s" if view.steps_per_second else "– it/s"
+        status += (f" — step {view.done}/{view.total}, epoch {view.epoch}/{view.total_epochs}, {rate}, "
+                   f"ETA {_clock(view.eta_seconds)}")
+    memory = _gpu_memory()
+    if memory:
+        status += f" — {memory}"
+    return status, bar, frame, log
+
+
+def _gpu_memory() -> str:
+    torch = sys.modules.get("torch")  # only once the engine has loaded it
+    if torch is None or not torch.cuda.is_available():
+        return ""
+    used = torch.cuda.memory_reserved() / 1024 ** 3
+    total = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
+    return f"GPU memory {used:.1f} / {total:.1f} GiB"

@@ -1,0 +1,83 @@
+"""Runs the engine's training on a worker thread of the GUI process, one run at a time, and
+keeps what the page shows (phase, progress, losses, log tail, result) for the timer to read."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunView:
+    running: bool = False
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+    epoch: int = 0
+    total_epochs: int = 0
+    steps_per_second: float | None = None
+    eta_seconds: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    log: deque = field(default_factory=lambda: deque(maxlen=200))
+    finished: object | None = None  # engine.events.Finished
+    started_at: float = 0.0
+
+
+class TrainingRunner:
+    def __init__(self):
+        self.view = RunView()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, values: dict) -> str | None:
+        """Start a run; returns a refusal message instead when one is already running."""
+        with self._lock:
+            if self.running:
+                return "A training run is already going; stop it first or wait for it to finish."
+            self.view = RunView(running=True, phase="starting", started_at=time.time())
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(dict(values),), name="fluxlora-train", daemon=True)
+            self._thread.start()
+        return None
+
+    def stop(self) -> str:
+        if not self.running:
+            return "Nothing is training."
+        self._stop.set()
+        return "Stopping at the next step; the LoRA (and the state, when state saving is on) will be saved."
+
+    def _run(self, values: dict) -> None:
+        from engine.trainer import train
+
+        try:
+            train(values, on_event=self._on_event, stop=self._stop)
+        except Exception as exc:  # never leave the page stuck in "running"
+            from engine.events import Finished
+
+            self._on_event(Finished("failed", message=f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.view.running = False
+
+    def _on_event(self, event) -> None:
+        from engine.events import Finished, Log, Progress
+
+        view = self.view
+        if isinstance(event, Progress):
+            view.phase, view.done, view.total = event.phase, event.done, event.total
+            if event.phase == "training":
+                view.epoch, view.total_epochs = event.epoch, event.total_epochs
+                view.steps_per_second, view.eta_seconds = event.steps_per_second, event.eta_seconds
+                if event.loss is not None:
+                    view.losses.append((event.done, event.loss))
+        elif isinstance(event, Log):
+            view.log.append(f"{time.strftime('%H:%M:%S')} {event.level}: {event.text}")
+        elif isinstance(event, Finished):
+            view.finished = event
+            view.phase = event.status

@@ -1,0 +1,47 @@
+"""Schema option -> Gradio widget, and widget values -> preset values. No option is declared here."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.schema import OPTIONS_TABLE, Option
+
+
+def make_widget(option: Option, value):
+    common = dict(label=option.label, info=option.help, value=value, elem_id=f"opt-{option.key}")
+    if option.type == "bool":
+        return gr.Checkbox(**common)
+    if option.choices:
+        return gr.Dropdown(choices=list(option.choices), **common)
+    if option.type in ("int", "float"):
+        return gr.Number(precision=0 if option.type == "int" else None, minimum=option.minimum,
+                         maximum=option.maximum, **common)
+    placeholder = {"file": "path to a file", "dir": "path to a folder"}.get(option.type)
+    return gr.Textbox(placeholder=placeholder, max_lines=1 if option.key != "description" else 4, **common)
+
+
+def collect(raw_values) -> tuple[dict, list[str]]:
+    """Widget values in OPTIONS_TABLE order -> (preset values, problems)."""
+    values, problems = {}, []
+    for option, raw in zip(OPTIONS_TABLE, raw_values):
+        if option.type in ("int", "float"):
+            if raw is None or raw == "":
+                problems.append(f"{option.key}: empty, expected {option.allowed()}")
+                continue
+            number = float(raw)
+            if option.type == "int":
+                if not number.is_integer():
+                    problems.append(f"{option.key}: {raw!r} is not allowed, expected {option.allowed()}")
+                    continue
+                values[option.key] = int(number)
+            else:
+                values[option.key] = number
+        elif option.type == "bool":
+            values[option.key] = bool(raw)
+        else:
+            values[option.key] = "" if raw is None else str(raw)
+    return values, problems
+
+
+def widget_values(values: dict) -> list:
+    return [values[option.key] for option in OPTIONS_TABLE]

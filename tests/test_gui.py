@@ -1,0 +1,243 @@
+"""The GUI in a real browser (Debian's Chromium through Playwright), on the tiny models."""
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from engine.preset import load_preset, save_preset
+from tests.fixtures.datasets import tiny_training_values, write_images
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"]
+
+
+def chromium_path():
+    for candidate in (os.environ.get("FLUXLORA_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    if os.environ.get("CI") == "true":
+        pytest.fail("no Chromium found; CI must install it (apt-get install chromium)")
+    pytest.skip("no Chromium found: install it (apt install chromium) or set FLUXLORA_CHROMIUM")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    home = tmp_path_factory.mktemp("fluxlora home")
+    old = os.environ.get("FLUXLORA_HOME")
+    os.environ["FLUXLORA_HOME"] = str(home)
+    from gui.app import CSS, build_app
+
+    demo = build_app()
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+    if old is None:
+        os.environ.pop("FLUXLORA_HOME", None)
+    else:
+        os.environ["FLUXLORA_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(30000)
+    page.goto(app_url)
+    page.wait_for_selector("#opt-output_name input")
+    page.wait_for_timeout(500)  # the page-load event fills the fields
+    yield page
+    page.close()
+
+
+def tab(page, name):
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+TAB_OF_SECTION = {"Model": "Model", "Folders": "Folders", "Parameters/Basic": "Parameters",
+                  "Parameters/Basic/Flux.1": "Parameters", "Parameters/Advanced": "Parameters",
+                  "Dataset Preparation": "Dataset Preparation"}
+
+
+def field(page, key):
+    """The input of an option, after showing its tab (hidden tabs are not rendered)."""
+    from engine.schema import OPTIONS
+
+    section = OPTIONS[key].section
+    tab(page, TAB_OF_SECTION[section])
+    if section == "Parameters/Advanced" and not page.locator(f"#opt-{key}").is_visible():
+        page.get_by_text("Advanced", exact=True).click()
+    return page.locator(f"#opt-{key} input, #opt-{key} textarea").first
+
+
+def fill(page, key, text):
+    field(page, key).fill(str(text))
+    field(page, key).blur()
+
+
+def load_through_page(page, path):
+    page.locator("#preset-path input, #preset-path textarea").first.fill(str(path))
+    page.locator("#load").click()
+    name = Path(path).name
+    page.wait_for_function("name => { const t = document.querySelector('#config-status').innerText;"
+                           " return (t.includes('Loaded') && t.includes(name)) || t.includes('Could not load'); }",
+                           arg=name)
+    return page.locator("#config-status").inner_text()
+
+
+def status_text(page):
+    return page.locator("#status-box").inner_text()
+
+
+def wait_for_status(page, *words, timeout=120000):
+    script = "words => words.some(w => document.querySelector('#status-box').innerText.includes(w))"
+    page.wait_for_function(script, arg=list(words), timeout=timeout)
+    return status_text(page)
+
+
+def test_every_tab_shows_its_options(page, tmp_path):
+    expected = {"Model": "FLUX.1 model file", "Folders": "Regularisation folder", "Parameters": "Network rank (dim)",
+                "Dataset Preparation": "Instance prompt", "Utilities": "Repair a kohya_ss"}
+    for name, label in expected.items():
+        tab(page, name)
+        assert page.get_by_text(label).first.is_visible(), name
+        page.screenshot(path=str(tmp_path / f"tab-{name.replace(' ', '-').lower()}.png"), full_page=True)
+    assert len(list(tmp_path.glob("tab-*.png"))) == 5
+
+
+def test_save_reload_and_load_give_identical_values(page, tmp_path):
+    fill(page, "output_name", "zoe_lora")
+    fill(page, "train_data_dir", r"C:\Datasets\Zoë\img")
+    tab(page, "Parameters")
+    fill(page, "epoch", 7)
+    fill(page, "learning_rate", 0.0003)
+    preset = tmp_path / "zoe preset.json"
+    page.locator("#preset-path input, #preset-path textarea").first.fill(str(preset))
+    page.locator("#save").click()
+    page.wait_for_function("document.querySelector('#config-status').innerText.includes('Saved')")
+    saved = load_preset(preset).values
+    assert (saved["output_name"], saved["epoch"], saved["learning_rate"], saved["train_data_dir"]) == (
+        "zoe_lora", 7, 0.0003, r"C:\Datasets\Zoë\img")
+
+    page.reload()
+    page.wait_for_selector("#opt-output_name input")
+    page.wait_for_function("document.querySelector('#opt-output_name input').value === 'zoe_lora'")
+    assert field(page, "train_data_dir").input_value() == r"C:\Datasets\Zoë\img"
+
+    fill(page, "output_name", "something else")
+    load_through_page(page, preset)
+    assert field(page, "output_name").input_value() == "zoe_lora"
+    tab(page, "Parameters")
+    assert field(page, "epoch").input_value() == "7"
+    page.screenshot(path=str(tmp_path / "after-load.png"), full_page=True)
+
+
+def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):
+    config = tmp_path / "kohya.json"
+    config.write_text(json.dumps({"LoRA_type": "Flux1", "flux1_checkbox": True, "epoch": "12", "clip_skip": 1,
+                                  "output_name": "from_kohya", "network_dim": 32}))
+    message = load_through_page(page, config)
+    assert "Loaded kohya_ss config" in message
+    assert "Not used by FluxLoRA: clip_skip, flux1_checkbox (FluxLoRA always trains FLUX.1)" in message
+    assert "epoch: '12' read as 12" in message
+    assert field(page, "output_name").input_value() == "from_kohya"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epoch": 0}')
+    assert "epoch: 0 is not allowed" in load_through_page(page, bad)
+
+
+def test_prepare_tag_and_fill_in(page, tmp_path, tiny_wd14_dir):
+    photos = tmp_path / "my photos"
+    write_images(photos, 2, captions=False)
+    dest = tmp_path / "lora dest"
+    tab(page, "Dataset Preparation")
+    fill(page, "dataset_instance_prompt", "ohwx")
+    fill(page, "dataset_class_prompt", "man")
+    fill(page, "dataset_images_dir", photos)
+    fill(page, "dataset_dest_dir", dest)
+    fill(page, "tagger_model_dir", tiny_wd14_dir)
+    page.locator("#one-click").click()
+    page.wait_for_function("document.querySelector('#prep-status').innerText.includes('Tagged')", timeout=60000)
+    assert "Tagged 2" in page.locator("#prep-status").inner_text()
+    assert (dest / "img/10_ohwx man/photo 0.txt").read_text().startswith("ohwx, ")
+    tab(page, "Folders")
+    assert field(page, "train_data_dir").input_value() == str(dest / "img")
+    assert field(page, "output_dir").input_value() == str(dest / "model")
+    page.screenshot(path=str(tmp_path / "folders-filled.png"), full_page=True)
+
+
+def test_training_runs_to_the_end_with_a_loss_plot(page, tmp_path, tiny_model_files):
+    preset = tmp_path / "tiny.json"
+    save_preset(tiny_training_values(tiny_model_files, tmp_path, epoch=3), preset)
+    load_through_page(page, preset)
+    page.locator("#start").click()
+    status = wait_for_status(page, "Finished", "failed")
+    assert "Finished" in status and "trained to step 18 (epoch 3)" in status
+    assert "18 / 18 (100%)" in page.locator("#progress").inner_text()
+    assert (tmp_path / "out/tiny.safetensors").is_file()
+    page.wait_for_function("document.querySelector('#loss-plot canvas, #loss-plot svg') !== null")
+    points = page.evaluate("""() => {
+        const view = document.querySelector('#loss-plot .vega-embed');
+        return view ? view.querySelectorAll('canvas, svg').length : 0; }""")
+    assert points > 0
+    assert "epoch 3 done" in page.locator("#log-tail textarea").input_value()
+    page.screenshot(path=str(tmp_path / "finished-run.png"), full_page=True)
+
+
+def test_stop_saves_state_and_second_start_is_refused(page, tmp_path, tiny_model_files):
+    preset = tmp_path / "long.json"
+    save_preset(tiny_training_values(tiny_model_files, tmp_path, epoch=2000, save_every_n_epochs=0), preset)
+    load_through_page(page, preset)
+    page.locator("#start").click()
+    wait_for_status(page, "Training —")
+    page.locator("#start").click()
+    page.wait_for_function("document.querySelector('#status-box').innerText.includes('already going')"
+                           " || document.querySelector('#status-box').innerText.includes('Training')")
+    page.locator("#stop").click()
+    status = wait_for_status(page, "Stopped", "failed")
+    assert "Stopped" in status and "tiny-state" in status
+    assert (tmp_path / "out/tiny-state/train_state.json").is_file()
+    page.screenshot(path=str(tmp_path / "stopped-run.png"), full_page=True)
+
+
+def test_problems_and_engine_errors_show_in_the_page(page, tmp_path, tiny_model_files):
+    preset = tmp_path / "broken.json"
+    values = tiny_training_values(tiny_model_files, tmp_path, pretrained_model_name_or_path=str(tmp_path / "nope.safetensors"))
+    save_preset(values, preset)
+    load_through_page(page, preset)
+    page.locator("#start").click()
+    status = wait_for_status(page, "Fix these before starting")
+    assert f"file {tmp_path / 'nope.safetensors'} not found" in status.replace("\\", "")
+    # An engine failure during the run: the VAE given as the transformer.
+    fill(page, "pretrained_model_name_or_path", tiny_model_files["ae"])
+    page.locator("#start").click()
+    status = wait_for_status(page, "Training failed")
+    assert "expected a FLUX.1 transformer" in status and "Log:" in status
+    page.screenshot(path=str(tmp_path / "failed-run.png"), full_page=True)
+    # The page recovers: a good run starts again.
+    fill(page, "pretrained_model_name_or_path", tiny_model_files["pretrained_model_name_or_path"])
+    page.locator("#start").click()
+    assert "trained to step 12" in wait_for_status(page, "Finished")
