@@ -16,6 +16,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 class TensorInfo:
     dtype: str  # safetensors dtype name: BF16, F16, F32, F8_E4M3, ...
     shape: tuple[int, ...]
+    offsets: tuple[int, int] = (0, 0)  # byte range inside the data section
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Header:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     data_bytes: int  # size of the data section the header describes
+    data_start: int = 0  # file offset of the data section
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: info.shape for name, info in self.tensors.items()}
@@ -51,16 +53,42 @@ def read_header(path: str | Path, expected: str = "a .safetensors model file") -
     metadata = data.pop("__metadata__", None) or {}
     tensors, end = {}, 0
     for name, entry in data.items():
-        tensors[name] = TensorInfo(entry["dtype"], tuple(entry["shape"]))
+        tensors[name] = TensorInfo(entry["dtype"], tuple(entry["shape"]), tuple(entry["data_offsets"]))
         end = max(end, entry["data_offsets"][1])
     if 8 + length + end > size:
         raise ModelFileError(
             f"{path}: truncated: the header describes {8 + length + end} bytes but the file has "
             f"{size} (download it again; expected {expected})"
         )
-    return Header(tensors, metadata, end)
+    return Header(tensors, metadata, end, 8 + length)
 
 
 def _not_safetensors(path: Path, expected: str) -> str:
     hint = " (a .ckpt/.pt pickle? convert it to .safetensors)" if path.suffix in (".ckpt", ".pt", ".pth", ".bin") else ""
     return f"{path}: not a safetensors file{hint}; expected {expected}"
+
+
+_TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
+                 "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def iter_tensors(path: str | Path, header: Header):
+    """(name, tensor) one at a time with plain reads: unlike a memory map, the file's pages do
+    not stay in this process's memory, so loading costs only the tensors we keep."""
+    import torch
+
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in header.tensors.items():
+            start, end = info.offsets
+            buffer = torch.empty(end - start, dtype=torch.uint8)
+            handle.seek(header.data_start + start)
+            view = memoryview(buffer.numpy())
+            read = 0
+            while read < len(view):
+                count = handle.readinto(view[read:])
+                if not count:
+                    raise ModelFileError(f"{path}: truncated while reading {name}")
+                read += count
+            dtype = getattr(torch, _TORCH_DTYPES[info.dtype])
+            yield name, buffer.view(dtype).reshape(info.shape)

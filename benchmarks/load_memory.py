@@ -1,0 +1,83 @@
+"""Peak RAM while loading a FLUX transformer file at FLUX.1's real width (3072) with a few
+blocks (about 1.2 GB in bf16) into fp8, as a ratio to the fp8 weights' size. Target: <= 1.3.
+
+Run: python benchmarks/load_memory.py [--double 1 --single 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WRITE = """
+import sys, torch
+from safetensors.torch import save_file
+from engine.models.flux import FluxArchitecture
+w, double, single = 3072, int(sys.argv[2]), int(sys.argv[3])
+shapes = {"img_in.weight": (w, 64), "img_in.bias": (w,), "txt_in.weight": (w, 4096), "txt_in.bias": (w,),
+          "time_in.in_layer.weight": (w, 256), "time_in.in_layer.bias": (w,), "time_in.out_layer.weight": (w, w),
+          "time_in.out_layer.bias": (w,), "vector_in.in_layer.weight": (w, 768), "vector_in.in_layer.bias": (w,),
+          "vector_in.out_layer.weight": (w, w), "vector_in.out_layer.bias": (w,),
+          "final_layer.linear.weight": (64, w), "final_layer.linear.bias": (64,),
+          "final_layer.adaLN_modulation.1.weight": (2 * w, w), "final_layer.adaLN_modulation.1.bias": (2 * w,)}
+for i in range(double):
+    for s in ("img", "txt"):
+        b = f"double_blocks.{i}.{s}_"
+        shapes.update({b + "mod.lin.weight": (6 * w, w), b + "mod.lin.bias": (6 * w,),
+                       b + "attn.qkv.weight": (3 * w, w), b + "attn.qkv.bias": (3 * w,),
+                       b + "attn.norm.query_norm.scale": (128,), b + "attn.norm.key_norm.scale": (128,),
+                       b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,),
+                       b + "mlp.0.weight": (4 * w, w), b + "mlp.0.bias": (4 * w,),
+                       b + "mlp.2.weight": (w, 4 * w), b + "mlp.2.bias": (w,)})
+for i in range(single):
+    b = f"single_blocks.{i}."
+    shapes.update({b + "linear1.weight": (7 * w, w), b + "linear1.bias": (7 * w,), b + "linear2.weight": (w, 5 * w),
+                   b + "linear2.bias": (w,), b + "modulation.lin.weight": (3 * w, w), b + "modulation.lin.bias": (3 * w,),
+                   b + "norm.query_norm.scale": (128,), b + "norm.key_norm.scale": (128,)})
+save_file({k: (torch.randn(s) * 0.02).to(torch.bfloat16) for k, s in shapes.items()}, sys.argv[1])
+"""
+
+MEASURE = """
+import json, resource, sys, torch
+import diffusers, accelerate, safetensors  # imports are not part of loading
+from engine.models.flux import load_flux_transformer
+def rss():
+    with open("/proc/self/status") as f:
+        return {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if l.startswith(("VmRSS", "VmHWM"))}
+before = rss()["VmRSS"]
+model = load_flux_transformer(sys.argv[1], fp8=True)
+after = rss()
+fp8 = sum(p.numel() * p.element_size() for p in model.parameters())
+print(json.dumps({"baseline": before, "peak": after["VmHWM"], "after": after["VmRSS"], "weights": fp8}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--double", type=int, default=1)
+    parser.add_argument("--single", type=int, default=2)
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "flux-wide.safetensors"
+        subprocess.run([sys.executable, "-c", WRITE, str(path), str(args.double), str(args.single)], check=True, env=env)
+        size = path.stat().st_size
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], check=True, env=env, capture_output=True, text=True)
+        numbers = json.loads(out.stdout.strip().splitlines()[-1])
+    grown = numbers["peak"] - numbers["baseline"]
+    print(f"file (bf16):             {size / 2**30:.3f} GiB")
+    print(f"loaded weights (fp8+bf16 norms): {numbers['weights'] / 2**30:.3f} GiB")
+    print(f"RSS growth at peak:      {grown / 2**30:.3f} GiB")
+    print(f"peak / loaded weights:   {grown / numbers['weights']:.2f}  (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
