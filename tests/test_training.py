@@ -216,14 +216,15 @@ def test_failure_is_reported_not_raised(tiny_model_files, tmp_path):
 
 def test_max_train_steps_t5_mask_and_highvram(tiny_model_files, tmp_path):
     values = tiny_training_values(tiny_model_files, tmp_path, epoch=5, max_train_steps=8, apply_t5_attn_mask=True,
-                                  highvram=True, save_every_n_epochs=1)
+                                  highvram=True, save_every_n_epochs=1, t5xxl_max_token_length=48)
     result = train(values)
     # kohya's meaning: max_train_steps wins over epochs; 8 steps at 6 per epoch end inside epoch 2.
     assert (result.status, result.steps, result.epoch) == ("completed", 8, 1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-000001.safetensors", "tiny-state",
                                                                     "tiny.safetensors"]
     # The T5 mask changes what the model sees: the same run without it gives another LoRA.
-    other = tiny_training_values(tiny_model_files, tmp_path / "unmasked", epoch=5, max_train_steps=8)
+    other = tiny_training_values(tiny_model_files, tmp_path / "unmasked", epoch=5, max_train_steps=8,
+                                 t5xxl_max_token_length=48)
     train(other)
     a, b = lora_tensors(tmp_path / "out/tiny.safetensors"), lora_tensors(tmp_path / "unmasked/out/tiny.safetensors")
     assert not all(torch.equal(a[k], b[k]) for k in a)
