@@ -14,7 +14,7 @@ import sys
 from engine.console import use_utf8_console
 from engine.preset import PresetError
 
-COMMAND_MODULES = ("gui", "preset", "train", "fix_state")
+COMMAND_MODULES = ("gui", "preset", "train", "fix_state", "prepare", "tag")
 
 
 class CommandError(Exception):

@@ -9,4 +9,4 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 # Fixture modules, one per area (tiny models, tiny tagger, ...); add yours to this list.
-pytest_plugins: list[str] = ["tests.fixtures.models"]
+pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.tagger"]
