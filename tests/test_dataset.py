@@ -468,3 +468,22 @@ def test_cli_tag(tmp_path, tiny_wd14_dir, capsys):
     assert main(args + ["--overwrite", "--caption-extension", "caption"]) == 1
     assert read_caption(tmp_path / "imgs/b.caption") == "ohwx, red theme"
     assert "bad.png: not an image file" in capsys.readouterr().err
+
+
+def test_a_failed_final_rename_restores_the_old_dest(tmp_path, monkeypatch):
+    prepare_dataset("ohwx", "man", photos(tmp_path / "src"), 10, tmp_path / "dest")
+    (tmp_path / "dest/model/my.safetensors").write_bytes(b"lora")
+    before = {p: p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()}
+    real_replace = prepare_module.os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(".staging") and Path(dst) == tmp_path / "dest":
+            raise PermissionError("folder in use")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(prepare_module.os, "replace", replace)
+    with pytest.raises(PermissionError):
+        prepare_dataset("ohwx", "man", tmp_path / "src", 3, tmp_path / "dest", overwrite=True)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "src"]

@@ -201,51 +201,40 @@ def _save_dropped_captions(old_captions: dict, staging: Path, result: PrepareRes
 
 
 def _commit(staging: Path, dest: Path) -> None:
-    """Rename staging to DEST; an existing DEST gives its kept entries (all but img/, reg/) to it first."""
+    """Rename staging to DEST; an existing DEST first gives its kept entries (all but img/, reg/) to it.
+
+    Every move is recorded, so a failure puts them back and DEST is as it was.
+    """
     if not dest.exists():
         os.replace(staging, dest)
         return
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(dest, old)
+    moves: list[tuple[Path, Path]] = []
+
+    def move(source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        moves.append((source, target))
+
     try:
         for entry in old.iterdir():
             if entry.name in ("img", "reg"):
                 continue
             target = staging / entry.name
-            if entry.is_dir() and target.is_dir():  # log/ and model/: merge (log/previous captions is new)
-                for child in entry.iterdir():
-                    if not (target / child.name).exists():
-                        os.replace(child, target / child.name)
-                    elif child.name == PREVIOUS_CAPTIONS:
-                        _merge_tree(child, target / child.name)
-            else:
-                os.replace(entry, target)
+            if not (entry.is_dir() and target.is_dir()):
+                move(entry, target)
+                continue
+            # log/ and model/: merge; old captions saved by an earlier run are merged file by file
+            for path in sorted(entry.rglob("*")):
+                destination = target / path.relative_to(entry)
+                if path.is_file() and not destination.exists():
+                    move(path, destination)
         os.replace(staging, dest)
     except BaseException:
-        _restore(old, staging, dest)
+        for source, target in reversed(moves):
+            os.replace(target, source)
+        os.replace(old, dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _merge_tree(source: Path, target: Path) -> None:
-    for path in sorted(source.rglob("*")):
-        destination = target / path.relative_to(source)
-        if path.is_file() and not destination.exists():
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, destination)
-
-
-def _restore(old: Path, staging: Path, dest: Path) -> None:
-    """Undo a failed commit: entries already moved into staging go back to the old DEST."""
-    for entry in list(staging.iterdir()) if staging.exists() else []:
-        back = old / entry.name
-        if not back.exists():
-            os.replace(entry, back)
-        elif entry.is_dir() and back.is_dir():
-            for child in entry.iterdir():
-                if not (back / child.name).exists():
-                    os.replace(child, back / child.name)
-    if dest.exists():
-        shutil.rmtree(dest, ignore_errors=True)
-    os.replace(old, dest)
