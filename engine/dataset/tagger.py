@@ -125,17 +125,23 @@ def _session(model_path: Path, names: list[str], categories: np.ndarray) -> WD14
 
 
 def preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """Upright RGB image -> HWC float32 BGR 0-255: centred on a white square, resized to `size`."""
-    side = max(image.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    if side != size:
-        square = square.resize((size, size), Image.Resampling.BICUBIC)
+    """Upright RGB image -> HWC float32 BGR 0-255: scaled to fit `size`, centred on a white square.
+
+    Scaling before padding gives the same picture as padding then scaling, without building a
+    large white square first.
+    """
+    scale = size / max(image.size)
+    fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if fitted != image.size:
+        image = image.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    square = Image.new("RGB", (size, size), (255, 255, 255))
+    square.paste(image, ((size - fitted[0]) // 2, (size - fitted[1]) // 2))
     return np.ascontiguousarray(np.asarray(square, dtype=np.float32)[:, :, ::-1])
 
 
 def load_for_tagging(path: str | Path, size: int) -> np.ndarray:
-    return preprocess(open_image_rgb(path), size)
+    # JPEGs decode straight at a reduced scale (still at least `size` on each side)
+    return preprocess(open_image_rgb(path, draft_size=size), size)
 
 
 def tags_for(tagger: WD14Tagger, scores: np.ndarray, general_threshold: float = 0.35,
