@@ -499,3 +499,20 @@ def test_large_jpeg_decoded_at_reduced_scale_gives_the_same_input(tmp_path):
         assert image.draft(None, (SIZE, SIZE)) is not None  # Pillow would decode it smaller
     full = preprocess(Image.open(path).convert("RGB"), SIZE)
     assert np.abs(load_for_tagging(path, SIZE) - full).max() < 6
+
+
+def test_repeated_overwrites_never_drop_a_saved_caption(tmp_path):
+    source = photos(tmp_path / "src", count=1, captions=False)
+    (source / "photo 0.txt").write_text("from source", encoding="utf-8")
+    dest = tmp_path / "dest"
+    prepare_dataset("ohwx", "man", source, 10, dest)
+    (dest / "img/10_ohwx man/photo 0.txt").write_text("edit one", encoding="utf-8")
+    (dest / "img/5_other").mkdir()  # a second repeat folder with a caption of the same name
+    (dest / "img/5_other/photo 0.txt").write_text("other folder", encoding="utf-8")
+    prepare_dataset("ohwx", "man", source, 10, dest, overwrite=True)
+    (dest / "img/10_ohwx man/photo 0.txt").write_text("edit two", encoding="utf-8")
+    result = prepare_dataset("ohwx", "man", source, 10, dest, overwrite=True)
+    assert result.saved_captions == [str(Path("img/10_ohwx man/photo 0.txt"))]
+    saved = sorted((dest / "log/previous captions").rglob("*.txt"))
+    assert sorted(read_caption(p) for p in saved) == ["edit one", "edit two", "other folder"]
+    assert read_caption(dest / "img/10_ohwx man/photo 0.txt") == "from source"

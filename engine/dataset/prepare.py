@@ -126,12 +126,12 @@ def _source_images(folder: Path) -> list[Path]:
     return images
 
 
-def _old_captions(dest: Path, caption_extension: str) -> dict[tuple[str, str], Path]:
-    """(img|reg, caption file name lower-cased) -> caption path in the existing DEST."""
-    found = {}
+def _old_captions(dest: Path, caption_extension: str) -> dict[tuple[str, str], list[Path]]:
+    """(img|reg, caption file name lower-cased) -> caption paths in the existing DEST's repeat folders."""
+    found: dict[tuple[str, str], list[Path]] = {}
     for kind in ("img", "reg"):
         for caption in sorted((dest / kind).glob(f"*/*{caption_extension}")):
-            found[(kind, caption.name.lower())] = caption
+            found.setdefault((kind, caption.name.lower()), []).append(caption)
     return found
 
 
@@ -173,14 +173,12 @@ def _copy_all(plan, staging: Path, caption_extension: str, old_captions: dict, r
 
 def _copy_caption(image: Path, target: Path, kind: str, old_captions: dict, result: PrepareResult) -> None:
     source_caption = image.with_suffix(target.suffix)
-    old = old_captions.get((kind, target.name.lower()))
+    olds = old_captions.get((kind, target.name.lower()), [])
     if source_caption.is_file():
         text = read_caption(source_caption)
-        if old is not None and read_caption(old) == text:
-            del old_captions[(kind, target.name.lower())]
-    elif old is not None:
-        text = read_caption(old)
-        del old_captions[(kind, target.name.lower())]
+        olds[:] = [old for old in olds if read_caption(old) != text]  # identical ones are not lost
+    elif olds:
+        text = read_caption(olds.pop(0))
         result.kept_captions += 1
     else:
         return
@@ -189,7 +187,7 @@ def _copy_caption(image: Path, target: Path, kind: str, old_captions: dict, resu
 
 def _save_dropped_captions(old_captions: dict, staging: Path, result: PrepareResult, on_event) -> None:
     """Old DEST captions the new layout does not keep go to log/previous captions/<img|reg>/<folder>/."""
-    for caption in old_captions.values():
+    for caption in (path for paths in old_captions.values() for path in paths):
         relative = Path(caption.parent.parent.name, caption.parent.name, caption.name)
         target = staging / "log" / PREVIOUS_CAPTIONS / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +196,15 @@ def _save_dropped_captions(old_captions: dict, staging: Path, result: PrepareRes
     if result.saved_captions:
         emit(on_event, Log(f"{len(result.saved_captions)} caption(s) from the old destination are not used by the "
                            f"new layout; saved them in log/{PREVIOUS_CAPTIONS}/", "warning"))
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `name (2).ext`, `name (3).ext`, ... when it is taken."""
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem} ({number}){path.suffix}")
+        number += 1
+    return candidate
 
 
 def _commit(staging: Path, dest: Path) -> None:
@@ -226,11 +233,10 @@ def _commit(staging: Path, dest: Path) -> None:
             if not (entry.is_dir() and target.is_dir()):
                 move(entry, target)
                 continue
-            # log/ and model/: merge; old captions saved by an earlier run are merged file by file
+            # log/ and model/: merge file by file (log/previous captions may exist in both)
             for path in sorted(entry.rglob("*")):
-                destination = target / path.relative_to(entry)
-                if path.is_file() and not destination.exists():
-                    move(path, destination)
+                if path.is_file():
+                    move(path, _free_name(target / path.relative_to(entry)))
         os.replace(staging, dest)
     except BaseException:
         for source, target in reversed(moves):
