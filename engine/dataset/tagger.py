@@ -77,6 +77,10 @@ def load_wd14(model_dir=None, repo_id: str = DEFAULT_REPO_ID) -> WD14Tagger:
 def _hub_file(repo_id: str, filename: str) -> Path:
     from huggingface_hub import hf_hub_download
 
+    try:  # the cache first: without a network the hub client retries for ~20 s before using it
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    except Exception:
+        pass
     try:
         return Path(hf_hub_download(repo_id, filename))
     except Exception as exc:  # offline, not cached, unknown repo, network: all the same advice
