@@ -516,3 +516,25 @@ def test_repeated_overwrites_never_drop_a_saved_caption(tmp_path):
     saved = sorted((dest / "log/previous captions").rglob("*.txt"))
     assert sorted(read_caption(p) for p in saved) == ["edit one", "edit two", "other folder"]
     assert read_caption(dest / "img/10_ohwx man/photo 0.txt") == "from source"
+
+
+def test_repo_id_uses_the_hugging_face_cache_offline(tiny_wd14_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub/models--fluxlora-tests--tiny-wd14/snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("model.onnx", "selected_tags.csv"):
+        (snapshot / name).write_bytes((tiny_wd14_dir / name).read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs/main").write_text("a" * 40, encoding="utf-8")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tagger = load_wd14(None, repo_id="fluxlora-tests/tiny-wd14")
+    assert (tagger.input_name, tagger.size, tagger.tag_names[-1]) == ("input_1:0", SIZE, "hatsune miku")
+
+
+def test_prepare_refuses_dest_inside_the_source_through_a_symlink(tmp_path):
+    source = photos(tmp_path / "src")
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    with pytest.raises(DatasetError, match="inside it"):
+        prepare_dataset("ohwx", "man", source, 10, tmp_path / "link/dest")
+    assert not (source / "dest").exists()

@@ -67,9 +67,10 @@ def prepare_dataset(instance: str, class_word: str, images_dir, repeats: int, de
     for label, source in sources:
         if not source.is_dir():
             raise DatasetError(f"{label} folder {source} not found")
-        if dest == source or source in dest.parents:
+        real_dest, real_source = dest.resolve(), source.resolve()  # symlinks and junctions too
+        if real_dest == real_source or real_source in real_dest.parents:
             raise DatasetError(f"destination {dest} is the {label} folder or inside it; choose a folder outside {source}")
-        if dest in source.parents:
+        if real_dest in real_source.parents:
             raise DatasetError(f"{label} folder {source} is inside the destination {dest}, which prepare rebuilds; "
                                "move the images out first")
     if dest.exists() and not dest.is_dir():
