@@ -538,3 +538,12 @@ def test_prepare_refuses_dest_inside_the_source_through_a_symlink(tmp_path):
     with pytest.raises(DatasetError, match="inside it"):
         prepare_dataset("ohwx", "man", source, 10, tmp_path / "link/dest")
     assert not (source / "dest").exists()
+
+
+def test_tagging_rejects_images_that_would_share_a_caption(tagger, tmp_path):
+    solid(tmp_path / "a.jpg", RED)
+    solid(tmp_path / "a.png", GREEN)
+    result = tag_folder(tagger, tmp_path)
+    assert result.tagged == 1
+    assert [(Path(p).name, "same name as a.jpg" in r) for p, r in result.rejected] == [("a.png", True)]
+    assert read_caption(tmp_path / "a.txt") == "red theme"

@@ -204,8 +204,14 @@ def tag_folder(tagger: WD14Tagger, folder, *, general_threshold: float = 0.35, c
         caption_extension = "." + caption_extension
     undesired = parse_tag_list(undesired_tags) if isinstance(undesired_tags, str) else list(undesired_tags)
     result = TagResult()
-    todo = []
+    todo, owners = [], {}
     for image in list_images(folder, recursive):
+        caption_key = image.with_suffix(caption_extension).as_posix().lower()
+        if caption_key in owners:
+            result.rejected.append((str(image), f"has the same name as {owners[caption_key]}, so they would share "
+                                                 "one caption file; rename one of them"))
+            continue
+        owners[caption_key] = image.name
         if mode == "skip" and image.with_suffix(caption_extension).is_file():
             result.skipped += 1
         else:
