@@ -210,6 +210,7 @@ def tag_folder(tagger: WD14Tagger, folder, *, general_threshold: float = 0.35, c
         if caption_key in owners:
             result.rejected.append((str(image), f"has the same name as {owners[caption_key]}, so they would share "
                                                  "one caption file; rename one of them"))
+            emit(on_event, Log(f"rejected {image}: {result.rejected[-1][1]}", "warning"))
             continue
         owners[caption_key] = image.name
         if mode == "skip" and image.with_suffix(caption_extension).is_file():
