@@ -547,3 +547,12 @@ def test_tagging_rejects_images_that_would_share_a_caption(tagger, tmp_path):
     assert result.tagged == 1
     assert [(Path(p).name, "same name as a.jpg" in r) for p, r in result.rejected] == [("a.png", True)]
     assert read_caption(tmp_path / "a.txt") == "red theme"
+
+
+def test_prepare_with_no_usable_image_fails_and_writes_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/a.jpg").write_bytes(b"")
+    (tmp_path / "src/b.png").write_text("text", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"no usable images in .*src \(a.jpg: empty file \(0 bytes\); b.png: not an image"):
+        prepare_dataset("ohwx", "man", tmp_path / "src", 1, tmp_path / "dest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

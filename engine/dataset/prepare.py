@@ -80,7 +80,7 @@ def prepare_dataset(instance: str, class_word: str, images_dir, repeats: int, de
                            "its img/ and reg/ (model/, log/ and captions only in it are kept)")
 
     train_name = f"{int(repeats)}_{instance} {class_word}".rstrip()
-    jobs = [(source, Path("img") / train_name) for _, source in sources[:1]]
+    jobs = [(sources[0][1], Path("img") / train_name)]
     if reg_images_dir:
         jobs.append((sources[1][1], Path("reg") / f"{int(reg_repeats)}_{class_word}"))
     result = PrepareResult(copy_info_for(dest, bool(reg_images_dir)), train_folder=str(dest / "img" / train_name))
@@ -94,6 +94,9 @@ def prepare_dataset(instance: str, class_word: str, images_dir, repeats: int, de
         plan = [(path, target) for source, target in jobs for path in _source_images(source)]
         old_captions = _old_captions(dest, caption_extension) if dest.is_dir() else {}
         _copy_all(plan, staging, caption_extension, old_captions, result, on_event)
+        if not any((staging / "img" / train_name).iterdir()):
+            reasons = "; ".join(f"{Path(path).name}: {reason}" for path, reason in result.rejected[:3])
+            raise DatasetError(f"no usable images in {sources[0][1]} ({reasons}{'; ...' if len(result.rejected) > 3 else ''})")
         _save_dropped_captions(old_captions, staging, result, on_event)
         _commit(staging, dest)
     finally:
