@@ -556,3 +556,20 @@ def test_prepare_with_no_usable_image_fails_and_writes_nothing(tmp_path):
     with pytest.raises(DatasetError, match=r"no usable images in .*src \(a.jpg: empty file \(0 bytes\); b.png: not an image"):
         prepare_dataset("ohwx", "man", tmp_path / "src", 1, tmp_path / "dest")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_prepare_from_values_is_the_one_click(tmp_path, tiny_wd14_dir):
+    from engine.dataset.prepare import prepare_from_values
+
+    solid(tmp_path / "src/green.png", GREEN)
+    solid(tmp_path / "reg/man.png", BLUE)
+    values = dict(default_values(), dataset_instance_prompt="ohwx", dataset_class_prompt="man",
+                  dataset_images_dir=str(tmp_path / "src"), dataset_repeats=7, dataset_dest_dir=str(tmp_path / "d"),
+                  dataset_reg_images_dir=str(tmp_path / "reg"), dataset_reg_repeats=2,
+                  tagger_model_dir=str(tiny_wd14_dir), tagger_undesired_tags="bright", tagger_add_rating=True,
+                  caption_extension=".caption")
+    prepared, tagged = prepare_from_values(values, tag=True)
+    assert (prepared.copied, tagged.tagged, tagged.rejected) == (2, 1, [])
+    assert prepared.copy_info["reg_data_dir"] == str(tmp_path / "d/reg")
+    assert read_caption(tmp_path / "d/img/7_ohwx man/green.caption") == "ohwx, general, hatsune miku, long hair, ^_^"
+    assert listing(tmp_path / "d/reg") == ["2_man", "2_man/man.png"]  # reg images are not tagged

@@ -31,25 +31,18 @@ def run(args) -> int:
 
     from engine.commands.tag import print_rejected
     from engine.commands.train import ProgressPrinter
-    from engine.dataset.prepare import apply_copy_info, prepare_dataset
+    from engine.dataset.prepare import apply_copy_info, prepare_from_values
+    from engine.preset import default_values
 
     if args.preset and not Path(args.preset).is_file():
         raise CommandError(f"--preset: {args.preset} not found (create it with `fluxlora preset` first)")
-    tagger = None
-    if args.tag:  # load first: a missing model fails before anything is written
-        from engine.dataset.tagger import load_wd14
-
-        tagger = load_wd14(args.model_dir or None, args.repo_id)
+    values = dict(default_values(), dataset_instance_prompt=args.instance, dataset_class_prompt=args.class_word,
+                  dataset_images_dir=args.images, dataset_repeats=args.repeats, dataset_dest_dir=args.dest,
+                  dataset_reg_images_dir=args.reg_images, dataset_reg_repeats=args.reg_repeats,
+                  tagger_model_dir=args.model_dir, tagger_repo_id=args.repo_id)
     printer = ProgressPrinter()
     try:
-        result = prepare_dataset(args.instance, args.class_word, args.images, args.repeats, args.dest,
-                                 args.reg_images or None, args.reg_repeats, overwrite=args.overwrite,
-                                 on_event=printer)
-        tagged = None
-        if tagger is not None:
-            from engine.dataset.tagger import tag_folder
-
-            tagged = tag_folder(tagger, result.train_folder, prefix=args.instance.strip(), on_event=printer)
+        result, tagged = prepare_from_values(values, tag=args.tag, overwrite=args.overwrite, on_event=printer)
     finally:
         printer.close()
     if args.preset:

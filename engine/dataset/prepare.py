@@ -248,3 +248,24 @@ def _commit(staging: Path, dest: Path) -> None:
         os.replace(old, dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_from_values(values: dict, tag: bool = False, overwrite: bool = False, on_event: Callable | None = None):
+    """The GUI's one click: the preset's dataset_* options -> layout, then (tag=True) WD14 captions
+    with the tagger_* options and the instance prompt first. Returns (PrepareResult, TagResult | None).
+    The tagger is loaded before anything is written, so a missing model changes nothing."""
+    from engine.dataset.tagger import load_wd14, tag_folder
+
+    tagger = load_wd14(values["tagger_model_dir"] or None, values["tagger_repo_id"]) if tag else None
+    result = prepare_dataset(values["dataset_instance_prompt"], values["dataset_class_prompt"],
+                             values["dataset_images_dir"], values["dataset_repeats"], values["dataset_dest_dir"],
+                             values["dataset_reg_images_dir"] or None, values["dataset_reg_repeats"],
+                             overwrite=overwrite, on_event=on_event, caption_extension=values["caption_extension"])
+    if tagger is None:
+        return result, None
+    tagged = tag_folder(tagger, result.train_folder, general_threshold=values["tagger_general_threshold"],
+                        character_threshold=values["tagger_character_threshold"],
+                        add_rating=values["tagger_add_rating"], prefix=values["dataset_instance_prompt"].strip(),
+                        undesired_tags=values["tagger_undesired_tags"], caption_extension=values["caption_extension"],
+                        mode=values["tagger_mode"], on_event=on_event)
+    return result, tagged
