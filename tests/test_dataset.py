@@ -573,3 +573,13 @@ def test_prepare_from_values_is_the_one_click(tmp_path, tiny_wd14_dir):
     assert prepared.copy_info["reg_data_dir"] == str(tmp_path / "d/reg")
     assert read_caption(tmp_path / "d/img/7_ohwx man/green.caption") == "ohwx, general, hatsune miku, long hair, ^_^"
     assert listing(tmp_path / "d/reg") == ["2_man", "2_man/man.png"]  # reg images are not tagged
+
+
+def test_cli_prepare_checks_the_preset_before_writing(tmp_path, capsys):
+    solid(tmp_path / "src/ok.png")
+    (tmp_path / "bad.json").write_text('{"preset_version": 1, "learning_rate": "fast"}', encoding="utf-8")
+    code = main(["prepare", "--instance", "ohwx", "--images", str(tmp_path / "src"), "--repeats", "2",
+                 "--dest", str(tmp_path / "d"), "--preset", str(tmp_path / "bad.json")])
+    assert code == 1
+    assert "learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -36,6 +36,10 @@ def run(args) -> int:
 
     if args.preset and not Path(args.preset).is_file():
         raise CommandError(f"--preset: {args.preset} not found (create it with `fluxlora preset` first)")
+    if args.preset:
+        from engine.preset import load_preset
+
+        load_preset(args.preset)  # a broken preset fails before anything is written
     values = dict(default_values(), dataset_instance_prompt=args.instance, dataset_class_prompt=args.class_word,
                   dataset_images_dir=args.images, dataset_repeats=args.repeats, dataset_dest_dir=args.dest,
                   dataset_reg_images_dir=args.reg_images, dataset_reg_repeats=args.reg_repeats,
