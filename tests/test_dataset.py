@@ -177,7 +177,7 @@ def test_a_failure_mid_way_leaves_no_dest_and_no_staging(tmp_path, monkeypatch):
 
     real_copy = prepare_module.shutil.copyfile
     monkeypatch.setattr(prepare_module.shutil, "copyfile", failing_copy)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DatasetError, match="failed \\(disk full\\); nothing was written"):
         prepare_dataset("ohwx", "man", source, 10, tmp_path / "dest")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -187,7 +187,7 @@ def test_a_failure_mid_way_keeps_the_old_dest_untouched(tmp_path, monkeypatch):
     (tmp_path / "dest/model/my.safetensors").write_bytes(b"lora")
     before = {p: p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()}
     monkeypatch.setattr(prepare_module.shutil, "copyfile", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(DatasetError, match="failed \\(disk full\\); the old one is unchanged"):
         prepare_dataset("ohwx", "man", tmp_path / "src", 3, tmp_path / "dest", overwrite=True)
     assert {p: p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest", "src"]
@@ -483,7 +483,7 @@ def test_a_failed_final_rename_restores_the_old_dest(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(prepare_module.os, "replace", replace)
-    with pytest.raises(PermissionError):
+    with pytest.raises(DatasetError, match="folder in use"):
         prepare_dataset("ohwx", "man", tmp_path / "src", 3, tmp_path / "dest", overwrite=True)
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()} == before

@@ -99,6 +99,9 @@ def prepare_dataset(instance: str, class_word: str, images_dir, repeats: int, de
             raise DatasetError(f"no usable images in {sources[0][1]} ({reasons}{'; ...' if len(result.rejected) > 3 else ''})")
         _save_dropped_captions(old_captions, staging, result, on_event)
         _commit(staging, dest)
+    except OSError as exc:  # disk full, a file in DEST open in another program, ...
+        state = "the old one is unchanged" if dest.exists() else "nothing was written"
+        raise DatasetError(f"preparing {dest} failed ({exc}); {state}") from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

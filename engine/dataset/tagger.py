@@ -234,7 +234,12 @@ def tag_folder(tagger: WD14Tagger, folder, *, general_threshold: float = 0.35, c
                     tags = tags_for(tagger, image_scores, general_threshold, character_threshold, add_rating)
                     caption_path = path.with_suffix(caption_extension)
                     existing = read_caption(caption_path) if mode == "append" and caption_path.is_file() else ""
-                    atomic_write_text(caption_path, compose_caption(tags, prefix, undesired, existing))
+                    try:
+                        atomic_write_text(caption_path, compose_caption(tags, prefix, undesired, existing))
+                    except OSError as exc:  # read-only folder, disk full: this image fails, the run goes on
+                        result.rejected.append((str(path), f"cannot write {caption_path.name} ({exc})"))
+                        emit(on_event, Log(f"rejected {path}: {result.rejected[-1][1]}", "warning"))
+                        continue
                     result.tagged += 1
             done += len(chunk)
             emit(on_event, Progress(TAGGING, done, total))
