@@ -583,3 +583,12 @@ def test_cli_prepare_checks_the_preset_before_writing(tmp_path, capsys):
     assert code == 1
     assert "learning_rate" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_an_unwritable_caption_rejects_that_image_and_the_run_goes_on(tagger, tmp_path):
+    solid(tmp_path / "a.png", RED)
+    solid(tmp_path / "b.png", RED)
+    (tmp_path / "a.txt").mkdir()  # something in the way that cannot be replaced by a file
+    result = tag_folder(tagger, tmp_path)
+    assert result.tagged == 1 and read_caption(tmp_path / "b.txt") == "red theme"
+    assert [(Path(p).name, r.startswith("cannot write a.txt")) for p, r in result.rejected] == [("a.png", True)]
