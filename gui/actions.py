@@ -17,8 +17,9 @@ def _escape(text: str) -> str:
 
 # ---- dataset preparation ---------------------------------------------------------------
 def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, dict | None]:
-    from engine.dataset.prepare import PrepareError, prepare_dataset
-    from engine.dataset.tagger import TaggerError, load_wd14, tag_folder
+    from engine.dataset.layout import DatasetError
+    from engine.dataset.prepare import prepare_from_values
+    from engine.dataset.tagger import TaggerError
     from engine.events import Progress
 
     def report(event):
@@ -26,27 +27,20 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
             progress((event.done, event.total), desc=event.phase)
 
     try:
-        result = prepare_dataset(
-            values["dataset_instance_prompt"], values["dataset_class_prompt"], values["dataset_images_dir"],
-            values["dataset_repeats"], values["dataset_dest_dir"], values["dataset_reg_images_dir"] or None,
-            values["dataset_reg_repeats"], overwrite=overwrite, caption_extension=values["caption_extension"],
-            on_event=report)
-        lines = [f"Copied **{result.copied}** images to `{result.image_folder}`."]
-        if result.kept_captions:
-            lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
-        rejected = list(result.rejected)
-        if tag:
-            tagger = load_wd14(values["tagger_model_dir"] or None, values["tagger_repo_id"])
-            tagged = tag_folder(
-                tagger, result.image_folder, general_threshold=values["tagger_general_threshold"],
-                character_threshold=values["tagger_character_threshold"], add_rating=values["tagger_add_rating"],
-                prefix=values["dataset_instance_prompt"], undesired_tags=values["tagger_undesired_tags"].split(","),
-                caption_extension=values["caption_extension"], mode=values["tagger_mode"], on_event=report)
-            lines.append(f"Tagged **{tagged.tagged}**, skipped {tagged.skipped} that already had captions.")
-            rejected += tagged.rejected
-            lines.append("Folders filled in on the Folders tab.")
-    except (PrepareError, TaggerError, ValueError, OSError) as exc:
+        result, tagged = prepare_from_values(values, tag=tag, overwrite=overwrite, on_event=report)
+    except (DatasetError, TaggerError, ValueError, OSError) as exc:
         return f"**Could not prepare:** {_escape(str(exc))}", None
+    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`."]
+    if result.kept_captions:
+        lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
+    if result.saved_captions:
+        lines.append(f"{len(result.saved_captions)} old captions no longer used were saved under "
+                     "`log/previous captions`.")
+    rejected = list(result.rejected)
+    if tagged is not None:
+        lines.append(f"Tagged **{tagged.tagged}**, skipped {tagged.skipped} that already had captions.")
+        lines.append("Folders filled in on the Folders tab.")
+        rejected += tagged.rejected
     if rejected:
         lines.append("Rejected:\n" + "\n".join(f"- `{name}`: {_escape(reason)}" for name, reason in rejected))
     return "\n\n".join(lines), result.copy_info

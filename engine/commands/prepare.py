@@ -1,56 +1,69 @@
-"""`fluxlora prepare`: photo folder -> kohya layout (-> WD14 captions) (-> preset folders)."""
+"""`fluxlora prepare --instance TOKEN --class WORD --images DIR --repeats N --dest DIR ...`:
+the kohya layout, optionally WD14 captions (instance token first) and the preset's folders."""
 
 from __future__ import annotations
 
-import sys
-
-from engine.commands.train import ProgressPrinter
+from engine.cli import CommandError
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("prepare", help="build the img/reg/log/model layout from a photo folder")
+    from engine.commands.tag import add_tagger_source
+
+    parser = subparsers.add_parser("prepare", help="build DEST/img, reg, log, model from a folder of photos")
     parser.add_argument("--instance", required=True, metavar="TOKEN", help="trigger word, e.g. ohwx")
-    parser.add_argument("--class", dest="class_word", default="", metavar="WORD", help="class word, e.g. man")
+    parser.add_argument("--class", dest="class_word", default="", metavar="WORD", help="what the subject is, e.g. man")
     parser.add_argument("--images", required=True, metavar="DIR")
-    parser.add_argument("--repeats", type=int, default=10, metavar="N")
+    parser.add_argument("--repeats", required=True, type=int, metavar="N")
     parser.add_argument("--dest", required=True, metavar="DIR")
-    parser.add_argument("--reg-images", metavar="DIR")
+    parser.add_argument("--reg-images", default="", metavar="DIR")
     parser.add_argument("--reg-repeats", type=int, default=1, metavar="N")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild an existing DEST (captions, log/ and model/ kept)")
-    parser.add_argument("--tag", action="store_true", help="caption the images with WD14 tags (trigger word first)")
-    parser.add_argument("--tagger-model-dir", metavar="DIR", help="folder with model.onnx and selected_tags.csv")
-    parser.add_argument("--tagger-repo-id", default="SmilingWolf/wd-vit-tagger-v3", metavar="ID")
-    parser.add_argument("--preset", metavar="FILE", help="write the four folders into this preset")
+    parser.add_argument("--tag", action="store_true", help="caption the images with WD14 (instance token first)")
+    add_tagger_source(parser, "--tagger-model-dir", "--tagger-repo-id")
+    parser.add_argument("--preset", default="", metavar="FILE",
+                        help="write train_data_dir, reg_data_dir, output_dir, logging_dir into this preset")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild img/ and reg/ of an existing DEST (model/, log/ and its captions are kept)")
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from engine.dataset.prepare import apply_copy_info, prepare_dataset
+    from pathlib import Path
 
+    from engine.commands.tag import print_rejected
+    from engine.commands.train import ProgressPrinter
+    from engine.dataset.prepare import apply_copy_info, prepare_from_values
+    from engine.preset import default_values
+
+    if args.preset and not Path(args.preset).is_file():
+        raise CommandError(f"--preset: {args.preset} not found (create it with `fluxlora preset` first)")
+    if args.preset:
+        from engine.preset import load_preset
+
+        load_preset(args.preset)  # a broken preset fails before anything is written
+    values = dict(default_values(), dataset_instance_prompt=args.instance, dataset_class_prompt=args.class_word,
+                  dataset_images_dir=args.images, dataset_repeats=args.repeats, dataset_dest_dir=args.dest,
+                  dataset_reg_images_dir=args.reg_images, dataset_reg_repeats=args.reg_repeats,
+                  tagger_model_dir=args.model_dir, tagger_repo_id=args.repo_id)
     printer = ProgressPrinter()
     try:
-        result = prepare_dataset(args.instance, args.class_word, args.images, args.repeats, args.dest,
-                                 args.reg_images, args.reg_repeats, overwrite=args.overwrite, on_event=printer)
-        printer.close()
-        print(f"copied {result.copied} images to {result.image_folder}")
-        if result.kept_captions:
-            print(f"kept {result.kept_captions} captions from the previous {args.dest}")
-        rejected = list(result.rejected)
-        if args.tag:
-            from engine.dataset.tagger import load_wd14, tag_folder
-
-            tagger = load_wd14(args.tagger_model_dir, args.tagger_repo_id)
-            tagged = tag_folder(tagger, result.image_folder, prefix=args.instance, on_event=printer)
-            printer.close()
-            print(f"tagged {tagged.tagged}, skipped {tagged.skipped} that already had captions")
-            rejected += tagged.rejected
+        result, tagged = prepare_from_values(values, tag=args.tag, overwrite=args.overwrite, on_event=printer)
     finally:
         printer.close()
-    for name, reason in rejected:
-        print(f"rejected {name}: {reason}", file=sys.stderr)
     if args.preset:
         apply_copy_info(args.preset, result.copy_info)
-        print(f"wrote the folders into {args.preset}")
+    rejected = result.rejected + (tagged.rejected if tagged else [])
+    line = f"copied {result.copied}"
+    if tagged is not None:
+        line += f", tagged {tagged.tagged}, skipped {tagged.skipped} (already captioned)"
+    print(line + f", rejected {len(rejected)}")
+    if result.kept_captions:
+        print(f"kept {result.kept_captions} caption(s) from the old {args.dest}")
+    if result.saved_captions:
+        print(f"saved {len(result.saved_captions)} old caption(s) the new layout does not use in "
+              f"{Path(result.copy_info['logging_dir']) / 'previous captions'}")
     for key, value in result.copy_info.items():
         print(f"{key} = {value}")
+    if args.preset:
+        print(f"wrote these into {args.preset}")
+    print_rejected(rejected)
     return 1 if rejected else 0

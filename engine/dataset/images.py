@@ -14,7 +14,9 @@ class BadImageError(ValueError):
     """An image that cannot be used; str() is the human reason."""
 
 
-def open_image_rgb(path: str | Path) -> Image.Image:
+def open_image_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """`draft_size`: the caller needs at most this many pixels a side, so a JPEG may be decoded
+    at 1/2, 1/4 or 1/8 scale (each side stays at least `draft_size`)."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -23,6 +25,8 @@ def open_image_rgb(path: str | Path) -> Image.Image:
             if image.width * image.height > MAX_PIXELS:
                 raise BadImageError(f"too large ({image.width}x{image.height} pixels; at most {MAX_PIXELS // 2**20} MP)")
             image.seek(0)  # first frame of animations
+            if draft_size and image.format == "JPEG":
+                image.draft(None, (draft_size, draft_size))
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
