@@ -359,3 +359,25 @@ def test_lora_files_that_cannot_be_continued_are_named(tmp_path):
         with pytest.raises(ModelFileError) as caught:
             load_lora(model, tmp_path / name)
         assert str(caught.value).startswith(str(tmp_path / name)) and message in str(caught.value), str(caught.value)
+
+
+def test_damaged_headers_and_folders_are_named(tmp_path):
+    good = tmp_path / "flux.safetensors"
+    write_tiny_flux(good)
+    raw = good.read_bytes()
+    (tmp_path / "cut head.safetensors").write_bytes(raw[:50])
+    (length,) = struct.unpack("<Q", raw[:8])
+    damaged = raw[8:8 + length].replace(b'"shape"', b'"shapf"', 1)
+    (tmp_path / "damaged.safetensors").write_bytes(raw[:8] + damaged + raw[8 + length:])
+    (tmp_path / "notes.safetensors").write_text("just some text, not a model at all", encoding="utf-8")
+    (tmp_path / "a folder.safetensors").mkdir()
+    cases = {
+        "cut head.safetensors": "truncated inside its header (50 bytes); download it again",
+        "damaged.safetensors": "damaged safetensors header (entry ",
+        "notes.safetensors": "not a safetensors file; expected a FLUX.1 transformer",
+        "a folder.safetensors": "is a folder; choose the .safetensors file itself",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ModelFileError) as caught:
+            load_flux_transformer(tmp_path / name)
+        assert str(caught.value).startswith(str(tmp_path / name)) and message in str(caught.value), str(caught.value)

@@ -33,6 +33,8 @@ class Header:
 def read_header(path: str | Path, expected: str = "a .safetensors model file") -> Header:
     """Parse the header; a missing, truncated or non-safetensors file is a ModelFileError."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; choose the .safetensors file itself ({expected})")
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found (expected {expected})")
     size = path.stat().st_size
@@ -41,9 +43,14 @@ def read_header(path: str | Path, expected: str = "a .safetensors model file") -
         if len(prefix) < 8:
             raise ModelFileError(f"{path}: only {size} bytes, not a safetensors file (expected {expected})")
         (length,) = struct.unpack("<Q", prefix)
-        if length <= 1 or length > _MAX_HEADER or length + 8 > size:
+        if length <= 1 or length > _MAX_HEADER:
             raise ModelFileError(_not_safetensors(path, expected))
         raw = handle.read(length)
+    if not raw.startswith(b"{"):
+        raise ModelFileError(_not_safetensors(path, expected))
+    if length + 8 > size:
+        raise ModelFileError(f"{path}: truncated inside its header ({size} bytes); download it again "
+                             f"(expected {expected})")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -52,9 +59,13 @@ def read_header(path: str | Path, expected: str = "a .safetensors model file") -
         raise ModelFileError(_not_safetensors(path, expected))
     metadata = data.pop("__metadata__", None) or {}
     tensors, end = {}, 0
-    for name, entry in data.items():
-        tensors[name] = TensorInfo(entry["dtype"], tuple(entry["shape"]), tuple(entry["data_offsets"]))
-        end = max(end, entry["data_offsets"][1])
+    try:
+        for name, entry in data.items():
+            tensors[name] = TensorInfo(str(entry["dtype"]), tuple(int(side) for side in entry["shape"]),
+                                       tuple(int(offset) for offset in entry["data_offsets"]))
+            end = max(end, tensors[name].offsets[1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ModelFileError(f"{path}: damaged safetensors header (entry {name!r}); expected {expected}") from None
     if 8 + length + end > size:
         raise ModelFileError(
             f"{path}: truncated: the header describes {8 + length + end} bytes but the file has "
