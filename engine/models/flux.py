@@ -16,7 +16,7 @@ import torch
 
 from engine.models.errors import ModelFileError
 from engine.models.identify import describe
-from engine.models.safetensors_header import iter_tensors, read_header
+from engine.models.safetensors_header import read_header, read_tensor_into
 
 PREFIX = "model.diffusion_model."
 EXPECTED = "a FLUX.1 transformer such as flux1-dev.safetensors"
@@ -175,38 +175,29 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []
-    for name, tensor in iter_tensors(path, header):
-        short = name[len(PREFIX):] if name.startswith(PREFIX) else name
-        mapping = map_key(short, rules)
-        if mapping is None:
-            unused.append(name)
-            continue
-        how, new_names = mapping
-        for new_name, part in zip(new_names, convert_tensor(how, tensor)):
-            target = targets[new_name]
-            if tuple(part.shape) != tuple(target.shape):
-                raise ModelFileError(f"{path}: {name} has shape {tuple(tensor.shape)}, not what FLUX.1 expects")
-            dtype = target.dtype if target.dtype == torch.float8_e4m3fn else compute_dtype
-            set_module_tensor_to_device(model, new_name, device, value=_converted(part, dtype), dtype=dtype)
-            loaded.add(new_name)
-        del tensor
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in header.tensors.items():
+            short = name[len(PREFIX):] if name.startswith(PREFIX) else name
+            mapping = map_key(short, rules)
+            if mapping is None:
+                unused.append(name)
+                continue
+            how, new_names = mapping
+            parts = [targets[new_name] for new_name in new_names]
+            rows = sum(part.shape[0] for part in parts) if isinstance(how, tuple) else parts[0].shape[0]
+            if tuple(info.shape) != (rows, *parts[0].shape[1:]) or (how == "swap" and rows % 2):
+                raise ModelFileError(f"{path}: {name} has shape {tuple(info.shape)}, not what FLUX.1 expects")
+            dtype = torch.float8_e4m3fn if parts[0].dtype == torch.float8_e4m3fn else compute_dtype
+            # Straight into the dtype it will live in; fused layers are split into views.
+            tensor = torch.empty(info.shape, dtype=dtype)
+            read_tensor_into(handle, path, header, name, tensor)
+            for new_name, part in zip(new_names, convert_tensor(how, tensor)):
+                set_module_tensor_to_device(model, new_name, device, value=part, dtype=dtype)
+                loaded.add(new_name)
+            del tensor
     missing = sorted(set(targets) - loaded)
     if missing or unused:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unused[:3]}"
         raise ModelFileError(f"{path}: not a complete FLUX.1 transformer ({detail}); expected {EXPECTED}")
     model.eval().requires_grad_(False)
     return model
-
-
-def _converted(tensor: torch.Tensor, dtype: torch.dtype, rows: int = 4096) -> torch.Tensor:
-    """`tensor` in `dtype`, converted a slab of rows at a time (no full-size float32 copy).
-    From float8, values go through float32, which represents every float8 value exactly."""
-    if tensor.dtype == dtype:
-        return tensor
-    out = torch.empty(tensor.shape, dtype=dtype)
-    source = tensor.reshape(tensor.shape[0], -1) if tensor.ndim > 1 else tensor.reshape(-1, 1)
-    target = out.view(source.shape)
-    for start in range(0, source.shape[0], rows):
-        slab = source[start:start + rows]
-        target[start:start + rows] = slab.float().to(dtype) if slab.dtype.itemsize == 1 else slab.to(dtype)
-    return out

@@ -84,22 +84,38 @@ _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": 
                  "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def iter_tensors(path: str | Path, header: Header):
-    """(name, tensor) one at a time with plain reads: unlike a memory map, the file's pages do
-    not stay in this process's memory, so loading costs only the tensors we keep."""
+def torch_dtype(info: TensorInfo):
     import torch
 
-    with open(path, "rb", buffering=0) as handle:
-        for name, info in header.tensors.items():
-            start, end = info.offsets
-            buffer = torch.empty(end - start, dtype=torch.uint8)
-            handle.seek(header.data_start + start)
-            view = memoryview(buffer.numpy())
-            read = 0
-            while read < len(view):
-                count = handle.readinto(view[read:])
-                if not count:
-                    raise ModelFileError(f"{path}: truncated while reading {name}")
-                read += count
-            dtype = getattr(torch, _TORCH_DTYPES[info.dtype])
-            yield name, buffer.view(dtype).reshape(info.shape)
+    return getattr(torch, _TORCH_DTYPES[info.dtype])
+
+
+def read_tensor_into(handle, path: Path, header: Header, name: str, out, slab_bytes: int = 16 << 20) -> None:
+    """Read tensor `name` from the open file into the preallocated `out` (same shape, any
+    dtype), a slab of rows at a time, with plain reads: neither a memory map's pages nor a
+    full-size copy in the file's dtype stay in memory, so loading costs only the tensors kept.
+    From float8, values go through float32, which holds every float8 value exactly."""
+    import torch
+
+    info = header.tensors[name]
+    source_dtype = torch_dtype(info)
+    start, end = info.offsets
+    rows = info.shape[0] if info.shape else 1
+    row_bytes = (end - start) // max(rows, 1)
+    target = out.view(rows, -1)
+    step = max(1, slab_bytes // max(row_bytes, 1))
+    buffer = torch.empty(min(rows, step) * row_bytes, dtype=torch.uint8)
+    handle.seek(header.data_start + start)
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        view = memoryview(buffer.numpy())[:count * row_bytes]
+        done = 0
+        while done < len(view):
+            got = handle.readinto(view[done:])
+            if not got:
+                raise ModelFileError(f"{path}: truncated while reading {name}")
+            done += got
+        slab = buffer[:count * row_bytes].view(source_dtype).view(count, -1)
+        if slab.dtype != out.dtype and 1 in (slab.dtype.itemsize, out.dtype.itemsize):
+            slab = slab.float()
+        target[first:first + count] = slab.to(out.dtype)
