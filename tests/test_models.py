@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.models.autoencoder import load_autoencoder
 from engine.models.errors import ModelFileError
@@ -381,3 +381,44 @@ def test_damaged_headers_and_folders_are_named(tmp_path):
         with pytest.raises(ModelFileError) as caught:
             load_flux_transformer(tmp_path / name)
         assert str(caught.value).startswith(str(tmp_path / name)) and message in str(caught.value), str(caught.value)
+
+
+def test_all_in_one_checkpoint_loads_the_transformer_part(tmp_path):
+    path = tmp_path / "flux all in one.safetensors"
+    reference = write_tiny_flux(path, dtype=torch.float32, prefix="model.diffusion_model.")
+    tensors = load_file(str(path))
+    tensors["vae.encoder.conv_in.weight"] = torch.ones(4, 3, 3, 3)
+    tensors["text_encoders.clip_l.transformer.text_model.final_layer_norm.weight"] = torch.ones(32)
+    save_file(tensors, str(path))
+    model = load_flux_transformer(path, compute_dtype=torch.float32)
+    inputs = flux_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, reference(**inputs).sample)
+    tensors["model.diffusion_model.scaled_fp8"] = torch.zeros(1)
+    save_file(tensors, str(path))
+    with pytest.raises(ModelFileError, match="a 'scaled fp8' checkpoint .* is not supported"):
+        load_flux_transformer(path)
+
+
+def test_t5_variants_fp8_file_embedding_name_and_full_checkpoint(tmp_path):
+    reference = write_tiny_t5(tmp_path / "t5.safetensors")
+    tensors = load_file(str(tmp_path / "t5.safetensors"))
+    ids = torch.tensor([[5, 6, 7, 1]])
+    # float8_e4m3fn file (t5xxl_fp8_e4m3fn.safetensors): loads as the fp8 values, widened.
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(tmp_path / "t5 fp8.safetensors"))
+    fp8 = load_t5(tmp_path / "t5 fp8.safetensors", torch.float32)
+    assert torch.equal(fp8.encoder.block[0].layer[0].SelfAttention.q.weight,
+                       tensors["encoder.block.0.layer.0.SelfAttention.q.weight"].to(torch.float8_e4m3fn).float())
+    # The embedding under encoder.embed_tokens only, plus a decoder and lm_head (a full T5).
+    full = {("encoder.embed_tokens.weight" if k == "shared.weight" else k): v for k, v in tensors.items()}
+    full["decoder.block.0.layer.0.SelfAttention.q.weight"] = torch.ones(32, 32, dtype=torch.float16)
+    full["lm_head.weight"] = torch.ones(4, 32, dtype=torch.float16)
+    save_file(full, str(tmp_path / "t5 full.safetensors"))
+    model = load_t5(tmp_path / "t5 full.safetensors", torch.float32)
+    assert model.shared.weight.data_ptr() == model.encoder.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, load_t5(tmp_path / "t5.safetensors")(ids).last_hidden_state)
+        assert torch.allclose(model(ids).last_hidden_state, reference.half().float()(ids).last_hidden_state, atol=1e-5)
+    save_file(dict(tensors, scaled_fp8=torch.zeros(1)), str(tmp_path / "t5xxl_fp8_scaled.safetensors"))
+    with pytest.raises(ModelFileError, match="t5xxl_fp8_scaled.safetensors: a 'scaled fp8' T5"):
+        load_t5(tmp_path / "t5xxl_fp8_scaled.safetensors")

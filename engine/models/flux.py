@@ -175,8 +175,16 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []
+    # An all-in-one checkpoint keeps the transformer under the prefix, the VAE and text
+    # encoders beside it; those are loaded from their own files.
+    prefixed = any(name.startswith(PREFIX) for name in header.tensors)
+    if "scaled_fp8" in strip_prefix(header.shapes()):
+        raise ModelFileError(f"{path}: a 'scaled fp8' checkpoint (weights stored divided by a scale) is not "
+                             "supported; use the bf16 flux1-dev.safetensors or a plain float8_e4m3fn file")
     with open(path, "rb", buffering=0) as handle:
         for name, info in header.tensors.items():
+            if prefixed and not name.startswith(PREFIX):
+                continue
             short = name[len(PREFIX):] if name.startswith(PREFIX) else name
             mapping = map_key(short, rules)
             if mapping is None:
