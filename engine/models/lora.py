@@ -174,13 +174,14 @@ def load_lora(transformer, path: str | Path) -> None:
     from engine.models.safetensors_header import read_header
 
     path = Path(path)
-    names = list(read_header(path, "a FLUX.1 LoRA file").tensors)
+    header = read_header(path, "a FLUX.1 LoRA file")
+    names = list(header.tensors)
     text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
     if text_encoder:
         raise ModelFileError(f"{path}: also trains a text encoder ({text_encoder[0]}); FluxLoRA trains the "
                              "transformer only and cannot continue from it exactly")
     if not any(".lora_down." in name or ".lora_A." in name for name in names):
-        raise ModelFileError(f"{path}: this looks like {describe(read_header(path).shapes())}; "
+        raise ModelFileError(f"{path}: this looks like {describe(header.shapes())}; "
                              "expected a FLUX.1 LoRA (lora_unet_* or lora_A/lora_B tensors)")
     layers = _file_layers(load_file(str(path)), transformer, path)
     modules_by_name = _lora_modules(transformer)
@@ -242,13 +243,10 @@ def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
         if any(not torch.equal(d, downs[0]) for d in downs[1:]):
             raise ModelFileError(f"{path}: {', '.join(paths)} have different lora_A matrices; FluxLoRA trains "
                                  "them as one fused layer (as sd-scripts does) and cannot continue from this file")
-        alphas = [f[2] for f in found]
-        layers[name] = (downs[0], torch.cat([f[1] for f in found], dim=0), alphas[0])
-        # A different alpha per part cannot share one scale; fold each into its up rows.
-        if any(a is not None for a in alphas) and len({float(a) if a is not None else None for a in alphas}) > 1:
-            rank = downs[0].shape[0]
-            ups = [f[1].float() * ((float(a) if a is not None else rank) / rank) for f, a in zip(found, alphas)]
-            layers[name] = (downs[0], torch.cat(ups, dim=0), None)
+        # Each part's alpha/rank scale is folded into its own rows of lora_up (scale 1 after).
+        rank = downs[0].shape[0]
+        ups = [up.float() * ((rank if alpha is None else float(alpha)) / rank) for _, up, alpha in found]
+        layers[name] = (downs[0], torch.cat(ups, dim=0), None)
     if leftover:
         raise ModelFileError(f"{path}: tensors of no FLUX.1 LoRA layer ({sorted(leftover)[:3]}); expected a FLUX.1 "
                              "LoRA in kohya, diffusers or peft layout")
