@@ -1,13 +1,14 @@
+import re
 import struct
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.models.autoencoder import load_autoencoder
 from engine.models.errors import ModelFileError
-from engine.models.flux import FLUX1_DEV, infer_flux_architecture, load_flux_transformer
+from engine.models.flux import FLUX1_DEV, KEEP_WIDE_IN_FP8, infer_flux_architecture, load_flux_transformer
 from engine.models.lora import add_lora, build_metadata, load_lora, lora_parameters, lora_state_dict, save_lora
 from engine.models.safetensors_header import read_header
 from engine.models.text_encoders import load_clip_l, load_t5, load_tokenizers
@@ -46,21 +47,31 @@ def test_transformer_loads_and_matches_diffusers_reference(tmp_path, width, guid
         assert torch.equal(model(**inputs).sample, reference(**inputs).sample)
 
 
-def test_fp8_base_stores_linears_in_fp8_and_keeps_norms_wide(tmp_path):
+@pytest.mark.parametrize("width, guidance, prefix", [(32, True, ""), (48, False, "model.diffusion_model.")])
+def test_fp8_base_stores_block_linears_in_fp8_and_matches_diffusers_casting(tmp_path, width, guidance, prefix):
     path = tmp_path / "flux.safetensors"
-    reference = write_tiny_flux(path, dtype=torch.bfloat16)
+    reference = write_tiny_flux(path, width=width, guidance=guidance, dtype=torch.bfloat16, prefix=prefix)
     model = load_flux_transformer(path, fp8=True, compute_dtype=torch.bfloat16)
-    dtypes = {name: p.dtype for name, p in model.named_parameters()}
-    assert dtypes["transformer_blocks.0.attn.to_q.weight"] == torch.float8_e4m3fn
-    assert dtypes["single_transformer_blocks.0.proj_mlp.weight"] == torch.float8_e4m3fn
-    assert dtypes["transformer_blocks.0.attn.norm_q.weight"] == torch.bfloat16
-    assert dtypes["proj_out.weight"] == torch.bfloat16
-    inputs = flux_inputs(torch.bfloat16)
+    wide = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
+    fp8 = {name for name, p in model.named_parameters() if p.dtype == torch.float8_e4m3fn}
+    assert len(wide) + len(fp8) == len(list(model.parameters()))
+    # Every block Linear is fp8, the modulation ("norm1.linear") included, as in sd-scripts.
+    assert {"transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.norm1.linear.weight",
+            "transformer_blocks.0.norm1_context.linear.bias", "single_transformer_blocks.0.norm.linear.weight",
+            "single_transformer_blocks.0.proj_mlp.weight", "single_transformer_blocks.0.proj_out.weight"} <= fp8
+    assert all(name.startswith(("transformer_blocks.", "single_transformer_blocks.")) for name in fp8)
+    block_wide = {name for name in wide if name.startswith(("transformer_blocks.", "single_transformer_blocks."))}
+    assert all(".norm_" in name for name in block_wide), block_wide
+    assert {"x_embedder.weight", "context_embedder.weight", "proj_out.weight", "norm_out.linear.weight",
+            "time_text_embed.timestep_embedder.linear_1.weight"} <= wide
+    # The reference: the same weights cast by diffusers' own layer-wise casting.
+    from diffusers.hooks import apply_layerwise_casting
+
+    reference = reference.to(torch.bfloat16)
+    apply_layerwise_casting(reference, torch.float8_e4m3fn, torch.bfloat16, skip_modules_pattern=KEEP_WIDE_IN_FP8)
+    inputs = flux_inputs(torch.bfloat16, guidance=guidance)
     with torch.no_grad():
-        out = model(**inputs).sample.float()
-        expected = reference.to(torch.bfloat16)(**inputs).sample.float()
-    # fp8 keeps 3 mantissa bits: close to the bf16 model, not equal.
-    assert (out - expected).abs().mean() < 0.1 * expected.abs().mean()
+        assert torch.equal(model(**inputs).sample, reference(**inputs).sample)
 
 
 def test_fp8_file_loads(tmp_path):
@@ -264,3 +275,150 @@ def test_header_reader_reads_no_weights(tmp_path):
     header = read_header(path)
     assert header.data_bytes == size - 8 - length
     assert header.tensors["img_in.weight"].shape == (32, 64)
+
+
+def _bfl_layer(kohya_name: str) -> str:
+    """lora_unet_double_blocks_0_img_attn_qkv -> double_blocks.0.img_attn.qkv (written out here,
+    independent of the loader)."""
+    kind, index, rest = re.fullmatch(r"lora_unet_(double|single)_blocks_(\d+)_(.+)", kohya_name).groups()
+    for flat, dotted in (("_attn_", "_attn."), ("_mlp_", "_mlp."), ("_mod_lin", "_mod.lin"),
+                         ("modulation_lin", "modulation.lin")):
+        rest = rest.replace(flat, dotted)
+    return f"{kind}_blocks.{index}.{rest}"
+
+
+def test_bfl_names_with_peft_suffixes_load_exactly(tmp_path):
+    model = lora_model(tmp_path)
+    bfl = {}
+    for key, tensor in lora_state_dict(model).items():
+        layer, suffix = key.split(".", 1)
+        new_suffix = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}[suffix]
+        bfl[f"diffusion_model.{_bfl_layer(layer)}.{new_suffix}"] = tensor
+    assert "diffusion_model.single_blocks.1.modulation.lin.lora_A.weight" in bfl
+    path = tmp_path / "bfl-peft.safetensors"
+    save_file(bfl, str(path))
+    fresh = lora_model(tmp_path, seed=5)
+    load_lora(fresh, path)
+    inputs = flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+
+
+def test_kohya_suffixes_on_diffusers_names_load_exactly(tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    model = lora_model(tmp_path, rank=4, alpha=8.0)
+    state = {}
+    for key, tensor in get_peft_model_state_dict(model).items():
+        module, suffix = key.rsplit(".lora_", 1)
+        flat = "lora_transformer_" + module.replace(".", "_")
+        state[f"{flat}.lora_{'down' if suffix.startswith('A') else 'up'}.weight"] = tensor.clone()
+        state[f"{flat}.alpha"] = torch.tensor(8.0)
+    path = tmp_path / "lora-transformer.safetensors"
+    save_file(state, str(path))
+    fresh = lora_model(tmp_path, rank=4, alpha=1.0, seed=9)  # a different alpha is folded into lora_up
+    load_lora(fresh, path)
+    inputs = flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+
+
+def test_lora_of_fewer_blocks_loads_with_the_rest_adding_nothing(tmp_path):
+    single_only = lora_model(tmp_path, train_blocks="single")
+    path = tmp_path / "single.safetensors"
+    save_lora(single_only, path, precision="float")
+    everything = lora_model(tmp_path, train_blocks="all", seed=4)
+    load_lora(everything, path)
+    state = lora_state_dict(everything)
+    assert not state["lora_unet_double_blocks_1_img_mlp_2.lora_up.weight"].any()
+    inputs = flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(everything(**inputs).sample, single_only(**inputs).sample, atol=1e-6, rtol=0)
+    # The other way round the file has layers the adapters lack: an error, not a silent drop.
+    double_only = lora_model(tmp_path, train_blocks="double")
+    with pytest.raises(ModelFileError, match="single.safetensors: has layers this model lacks or does not train"):
+        load_lora(double_only, path)
+
+
+def test_lora_files_that_cannot_be_continued_are_named(tmp_path):
+    model = lora_model(tmp_path)
+    state = lora_state_dict(model)
+    cases = {
+        "te.safetensors": (dict(state, **{"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(4, 32)}),
+                           "also trains a text encoder (lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight)"),
+        "extra.safetensors": (dict(state, **{"lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(96, 1)}),
+                              "tensors of no FLUX.1 LoRA layer (['lora_unet_double_blocks_0_img_attn_qkv.dora_scale'])"),
+        "base.safetensors": ({"double_blocks.0.img_attn.qkv.weight": torch.ones(2, 2), "single_blocks.0.linear1.weight": torch.ones(2, 2)},
+                             "this looks like a FLUX.1 transformer; expected a FLUX.1 LoRA"),
+        "wide.safetensors": ({"lora_unet_single_blocks_0_linear2.lora_down.weight": torch.ones(4, 3072),
+                              "lora_unet_single_blocks_0_linear2.lora_up.weight": torch.ones(3072, 4)},
+                             "lora_unet_single_blocks_0_linear2 has shapes (4, 3072)/(3072, 4), which do not fit this model"),
+    }
+    for name, (tensors, message) in cases.items():
+        save_file(tensors, str(tmp_path / name))
+        with pytest.raises(ModelFileError) as caught:
+            load_lora(model, tmp_path / name)
+        assert str(caught.value).startswith(str(tmp_path / name)) and message in str(caught.value), str(caught.value)
+
+
+def test_damaged_headers_and_folders_are_named(tmp_path):
+    good = tmp_path / "flux.safetensors"
+    write_tiny_flux(good)
+    raw = good.read_bytes()
+    (tmp_path / "cut head.safetensors").write_bytes(raw[:50])
+    (length,) = struct.unpack("<Q", raw[:8])
+    damaged = raw[8:8 + length].replace(b'"shape"', b'"shapf"', 1)
+    (tmp_path / "damaged.safetensors").write_bytes(raw[:8] + damaged + raw[8 + length:])
+    (tmp_path / "notes.safetensors").write_text("just some text, not a model at all", encoding="utf-8")
+    (tmp_path / "a folder.safetensors").mkdir()
+    cases = {
+        "cut head.safetensors": "truncated inside its header (50 bytes); download it again",
+        "damaged.safetensors": "damaged safetensors header (entry ",
+        "notes.safetensors": "not a safetensors file; expected a FLUX.1 transformer",
+        "a folder.safetensors": "is a folder; choose the .safetensors file itself",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ModelFileError) as caught:
+            load_flux_transformer(tmp_path / name)
+        assert str(caught.value).startswith(str(tmp_path / name)) and message in str(caught.value), str(caught.value)
+
+
+def test_all_in_one_checkpoint_loads_the_transformer_part(tmp_path):
+    path = tmp_path / "flux all in one.safetensors"
+    reference = write_tiny_flux(path, dtype=torch.float32, prefix="model.diffusion_model.")
+    tensors = load_file(str(path))
+    tensors["vae.encoder.conv_in.weight"] = torch.ones(4, 3, 3, 3)
+    tensors["text_encoders.clip_l.transformer.text_model.final_layer_norm.weight"] = torch.ones(32)
+    save_file(tensors, str(path))
+    model = load_flux_transformer(path, compute_dtype=torch.float32)
+    inputs = flux_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, reference(**inputs).sample)
+    tensors["model.diffusion_model.scaled_fp8"] = torch.zeros(1)
+    save_file(tensors, str(path))
+    with pytest.raises(ModelFileError, match="a 'scaled fp8' checkpoint .* is not supported"):
+        load_flux_transformer(path)
+
+
+def test_t5_variants_fp8_file_embedding_name_and_full_checkpoint(tmp_path):
+    reference = write_tiny_t5(tmp_path / "t5.safetensors")
+    tensors = load_file(str(tmp_path / "t5.safetensors"))
+    ids = torch.tensor([[5, 6, 7, 1]])
+    # float8_e4m3fn file (t5xxl_fp8_e4m3fn.safetensors): loads as the fp8 values, widened.
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(tmp_path / "t5 fp8.safetensors"))
+    fp8 = load_t5(tmp_path / "t5 fp8.safetensors", torch.float32)
+    assert torch.equal(fp8.encoder.block[0].layer[0].SelfAttention.q.weight,
+                       tensors["encoder.block.0.layer.0.SelfAttention.q.weight"].to(torch.float8_e4m3fn).float())
+    # The embedding under encoder.embed_tokens only, plus a decoder and lm_head (a full T5).
+    full = {("encoder.embed_tokens.weight" if k == "shared.weight" else k): v for k, v in tensors.items()}
+    full["decoder.block.0.layer.0.SelfAttention.q.weight"] = torch.ones(32, 32, dtype=torch.float16)
+    full["lm_head.weight"] = torch.ones(4, 32, dtype=torch.float16)
+    save_file(full, str(tmp_path / "t5 full.safetensors"))
+    model = load_t5(tmp_path / "t5 full.safetensors", torch.float32)
+    assert model.shared.weight.data_ptr() == model.encoder.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, load_t5(tmp_path / "t5.safetensors")(ids).last_hidden_state)
+        assert torch.allclose(model(ids).last_hidden_state, reference.half().float()(ids).last_hidden_state, atol=1e-5)
+    save_file(dict(tensors, scaled_fp8=torch.zeros(1)), str(tmp_path / "t5xxl_fp8_scaled.safetensors"))
+    with pytest.raises(ModelFileError, match="t5xxl_fp8_scaled.safetensors: a 'scaled fp8' T5"):
+        load_t5(tmp_path / "t5xxl_fp8_scaled.safetensors")

@@ -16,7 +16,7 @@ import torch
 
 from engine.models.errors import ModelFileError
 from engine.models.identify import describe
-from engine.models.safetensors_header import iter_tensors, read_header
+from engine.models.safetensors_header import read_header, read_tensor_into
 
 PREFIX = "model.diffusion_model."
 EXPECTED = "a FLUX.1 transformer such as flux1-dev.safetensors"
@@ -46,6 +46,14 @@ class FluxArchitecture:
             axes_dims_rope=(self.head_dim - 2 * axis, axis, axis),
         )
 
+
+# Modules that stay in the compute dtype under fp8 base: the RMS norms of q and k, the input
+# embedders and the final layer (together about 0.5% of FLUX.1's weights). Everything else, the
+# block Linears including their modulation, is fp8 as in sd-scripts. diffusers' own
+# `enable_layerwise_casting` would also keep every `norm1.linear` wide (its "norm" pattern
+# matches the modulation Linears): a third of each double block, ~3 GB more for FLUX.1-dev.
+KEEP_WIDE_IN_FP8 = (r"^x_embedder$", r"^context_embedder$", r"^time_text_embed", r"^norm_out", r"^proj_out$",
+                    r"\.norm_(q|k|added_q|added_k)$")
 
 # Real FLUX.1 files, for estimates when no file is at hand.
 FLUX1_DEV = FluxArchitecture(3072, 24, 128, 19, 38, 12288, 64, 4096, 768, True)
@@ -147,13 +155,14 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
                           device: str | torch.device = "cpu"):
     """Build diffusers' FluxTransformer2DModel from a BFL single file, fully offline.
 
-    fp8: weights of the Linear layers are stored as float8_e4m3fn and computed in
-    `compute_dtype` (diffusers layer-wise casting); norms, embeddings and the output layer
-    keep `compute_dtype`, as diffusers' skip patterns say.
+    fp8: every Linear layer inside the blocks (attention, MLP and modulation) is stored as
+    float8_e4m3fn and computed in `compute_dtype` (diffusers layer-wise casting); the q/k norms,
+    the input embedders and the final layer keep `compute_dtype` (see KEEP_WIDE_IN_FP8).
     """
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from diffusers import FluxTransformer2DModel
+    from diffusers.hooks import apply_layerwise_casting
     path = Path(path)
     header = read_header(path, EXPECTED)
     arch = infer_flux_architecture(header.shapes(), source=str(path))
@@ -162,42 +171,41 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     if fp8:
         # On the meta model this only records the storage dtype per parameter, so each
         # tensor below is read straight into the dtype it will live in.
-        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        apply_layerwise_casting(model, torch.float8_e4m3fn, compute_dtype, skip_modules_pattern=KEEP_WIDE_IN_FP8)
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []
-    for name, tensor in iter_tensors(path, header):
-        short = name[len(PREFIX):] if name.startswith(PREFIX) else name
-        mapping = map_key(short, rules)
-        if mapping is None:
-            unused.append(name)
-            continue
-        how, new_names = mapping
-        for new_name, part in zip(new_names, convert_tensor(how, tensor)):
-            target = targets[new_name]
-            if tuple(part.shape) != tuple(target.shape):
-                raise ModelFileError(f"{path}: {name} has shape {tuple(tensor.shape)}, not what FLUX.1 expects")
-            dtype = target.dtype if target.dtype == torch.float8_e4m3fn else compute_dtype
-            set_module_tensor_to_device(model, new_name, device, value=_converted(part, dtype), dtype=dtype)
-            loaded.add(new_name)
-        del tensor
+    # An all-in-one checkpoint keeps the transformer under the prefix, the VAE and text
+    # encoders beside it; those are loaded from their own files.
+    prefixed = any(name.startswith(PREFIX) for name in header.tensors)
+    if "scaled_fp8" in strip_prefix(header.shapes()):
+        raise ModelFileError(f"{path}: a 'scaled fp8' checkpoint (weights stored divided by a scale) is not "
+                             "supported; use the bf16 flux1-dev.safetensors or a plain float8_e4m3fn file")
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in header.tensors.items():
+            if prefixed and not name.startswith(PREFIX):
+                continue
+            short = name[len(PREFIX):] if name.startswith(PREFIX) else name
+            mapping = map_key(short, rules)
+            if mapping is None:
+                unused.append(name)
+                continue
+            how, new_names = mapping
+            parts = [targets[new_name] for new_name in new_names]
+            rows = sum(part.shape[0] for part in parts) if isinstance(how, tuple) else parts[0].shape[0]
+            if tuple(info.shape) != (rows, *parts[0].shape[1:]) or (how == "swap" and rows % 2):
+                raise ModelFileError(f"{path}: {name} has shape {tuple(info.shape)}, not what FLUX.1 expects")
+            dtype = torch.float8_e4m3fn if parts[0].dtype == torch.float8_e4m3fn else compute_dtype
+            # Straight into the dtype it will live in; fused layers are split into views.
+            tensor = torch.empty(info.shape, dtype=dtype)
+            read_tensor_into(handle, path, header, name, tensor)
+            for new_name, part in zip(new_names, convert_tensor(how, tensor)):
+                set_module_tensor_to_device(model, new_name, device, value=part, dtype=dtype)
+                loaded.add(new_name)
+            del tensor
     missing = sorted(set(targets) - loaded)
     if missing or unused:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unused[:3]}"
         raise ModelFileError(f"{path}: not a complete FLUX.1 transformer ({detail}); expected {EXPECTED}")
     model.eval().requires_grad_(False)
     return model
-
-
-def _converted(tensor: torch.Tensor, dtype: torch.dtype, rows: int = 4096) -> torch.Tensor:
-    """`tensor` in `dtype`, converted a slab of rows at a time (no full-size float32 copy).
-    From float8, values go through float32, which represents every float8 value exactly."""
-    if tensor.dtype == dtype:
-        return tensor
-    out = torch.empty(tensor.shape, dtype=dtype)
-    source = tensor.reshape(tensor.shape[0], -1) if tensor.ndim > 1 else tensor.reshape(-1, 1)
-    target = out.view(source.shape)
-    for start in range(0, source.shape[0], rows):
-        slab = source[start:start + rows]
-        target[start:start + rows] = slab.float().to(dtype) if slab.dtype.itemsize == 1 else slab.to(dtype)
-    return out

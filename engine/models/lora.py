@@ -18,6 +18,7 @@ import torch
 
 from engine.fsutil import atomic_path
 from engine.models.errors import ModelFileError
+from engine.models.identify import describe
 
 ADAPTER = "default"
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
@@ -159,8 +160,15 @@ def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]
 
 
 def load_lora(transformer, path: str | Path) -> None:
-    """Load a LoRA file into the adapters so they compute exactly what the file does:
-    ours/sd-scripts' kohya layout, or the diffusers/peft layout (`transformer.…lora_A.weight`)."""
+    """Load a LoRA file into the adapters so they compute exactly what the file does.
+
+    Layouts: ours / sd-scripts' (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`),
+    BFL names with peft suffixes (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`),
+    diffusers/peft (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`) and kohya
+    suffixes on diffusers names (`lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight`).
+    Adapter layers the file lacks get a zero lora_up (they add nothing, as in the file), like
+    sd-scripts' non-strict load of `network_weights`.
+    """
     from safetensors.torch import load_file
 
     from engine.models.safetensors_header import read_header
@@ -168,58 +176,106 @@ def load_lora(transformer, path: str | Path) -> None:
     path = Path(path)
     header = read_header(path, "a FLUX.1 LoRA file")
     names = list(header.tensors)
-    if any(name.startswith("lora_unet_") for name in names):
-        state = load_file(str(path))
-    elif any(".lora_A." in name or ".lora_B." in name for name in names):
-        state = _peft_to_kohya(load_file(str(path)), transformer, path)
-    else:
-        raise ModelFileError(f"{path}: not a FLUX.1 LoRA (no lora_unet_* or lora_A/lora_B tensors)")
+    text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
+    if text_encoder:
+        raise ModelFileError(f"{path}: also trains a text encoder ({text_encoder[0]}); FluxLoRA trains the "
+                             "transformer only and cannot continue from it exactly")
+    if not any(".lora_down." in name or ".lora_A." in name for name in names):
+        raise ModelFileError(f"{path}: this looks like {describe(header.shapes())}; "
+                             "expected a FLUX.1 LoRA (lora_unet_* or lora_A/lora_B tensors)")
+    layers = _file_layers(load_file(str(path)), transformer, path)
     modules_by_name = _lora_modules(transformer)
-    unknown = sorted({key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
-                      for key in state} - set(modules_by_name))
+    unknown = sorted(set(layers) - set(modules_by_name))
     if unknown:
         raise ModelFileError(f"{path}: has layers this model lacks or does not train ({unknown[:3]}); "
-                             "is it a LoRA for FLUX.1 with the same train_blocks?")
+                             "is it a LoRA for FLUX.1, and does train_blocks match it?")
     with torch.no_grad():
         for name, modules in modules_by_name.items():
-            if f"{name}.lora_down.weight" not in state:
-                raise ModelFileError(f"{path}: missing {name}; the LoRA was trained on other blocks")
-            down = state[f"{name}.lora_down.weight"]
-            up = state[f"{name}.lora_up.weight"]
+            if name not in layers:
+                for module in modules:
+                    module.lora_B[ADAPTER].weight.zero_()
+                continue
+            down, up, file_alpha = layers[name]
             rank = modules[0].r[ADAPTER]
             if down.shape[0] != rank:
-                raise ModelFileError(f"{path}: rank {down.shape[0]}, but network_dim is {rank}; set network_dim "
-                                     f"to {down.shape[0]} to continue from this LoRA")
+                raise ModelFileError(f"{path}: {name} has rank {down.shape[0]}, but network_dim is {rank}; set "
+                                     f"network_dim to {down.shape[0]} to continue from this LoRA")
             # Without an alpha (diffusers convention) the scale is 1. A different alpha is
             # folded into lora_up, so the loaded LoRA computes exactly what the file does.
-            file_alpha = float(state[f"{name}.alpha"].float()) if f"{name}.alpha" in state else float(rank)
+            file_alpha = float(rank) if file_alpha is None else float(file_alpha.float())
             up = up.float() * (file_alpha / modules[0].lora_alpha[ADAPTER])
-            modules[0].lora_A[ADAPTER].weight.copy_(down.float())
             rows = [module.lora_B[ADAPTER].weight.shape[0] for module in modules]
-            for module, part in zip(modules, torch.split(up.float(), rows, dim=0)):
+            if down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1] or up.shape[0] != sum(rows):
+                raise ModelFileError(f"{path}: {name} has shapes {tuple(down.shape)}/{tuple(up.shape)}, which do "
+                                     "not fit this model; is the LoRA for a different FLUX model?")
+            modules[0].lora_A[ADAPTER].weight.copy_(down.float())
+            for module, part in zip(modules, torch.split(up, rows, dim=0)):
                 module.lora_B[ADAPTER].weight.copy_(part)
 
 
-def _peft_to_kohya(state: dict, transformer, path: Path) -> dict:
-    """diffusers/peft layout -> kohya layout; fused layers need one shared lora_A."""
-    state = {key.removeprefix("transformer."): value for key, value in state.items()}
-    out = {}
-    for name, paths in transformer._fluxlora_layers.items():
-        downs = [state.get(f"{p}.lora_A.weight") for p in paths]
-        ups = [state.get(f"{p}.lora_B.weight") for p in paths]
-        if all(d is None for d in downs):
+def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
+    """kohya LoRA name -> (down, up, alpha or None), whatever the file's layout."""
+    layers, leftover = {}, dict(state)
+
+    def take(key):
+        return leftover.pop(key, None)
+
+    # kohya names: ours and sd-scripts'.
+    for key in [k for k in state if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")]:
+        name = key.removesuffix(".lora_down.weight")
+        layers[name] = (take(key), take(f"{name}.lora_up.weight"), take(f"{name}.alpha"))
+    # BFL names with peft suffixes: fused layers stay fused, so they map one to one.
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        base = key.removesuffix(".lora_A.weight").removeprefix("diffusion_model.")
+        if base.startswith(("double_blocks.", "single_blocks.")):
+            stem = key.removesuffix(".lora_A.weight")
+            layers["lora_unet_" + base.replace(".", "_")] = (
+                take(key), take(f"{stem}.lora_B.weight"), take(f"{stem}.alpha"))
+    # diffusers module names (peft suffixes, or kohya suffixes on lora_transformer_ names).
+    for name, paths in _lora_layer_paths(transformer).items():
+        found = [_diffusers_layer(leftover, p) for p in paths]
+        if all(f is None for f in found):
             continue
-        if any(d is None for d in downs) or any(u is None for u in ups):
-            raise ModelFileError(f"{path}: {paths[0]} has a LoRA but its fused partners do not")
+        if any(f is None or f[1] is None for f in found):
+            raise ModelFileError(f"{path}: {paths[0]} has a LoRA but its fused partners ({', '.join(paths[1:])}) "
+                                 "do not; FluxLoRA trains them as one layer, as sd-scripts does")
+        downs = [f[0] for f in found]
         if any(not torch.equal(d, downs[0]) for d in downs[1:]):
             raise ModelFileError(f"{path}: {', '.join(paths)} have different lora_A matrices; FluxLoRA trains "
                                  "them as one fused layer (as sd-scripts does) and cannot continue from this file")
-        out[f"{name}.lora_down.weight"] = downs[0]
-        out[f"{name}.lora_up.weight"] = torch.cat(ups, dim=0)
-        alpha_key = f"{paths[0]}.alpha"
-        if alpha_key in state:
-            out[f"{name}.alpha"] = state[alpha_key]
-    return out
+        # Each part's alpha/rank scale is folded into its own rows of lora_up (scale 1 after).
+        rank = downs[0].shape[0]
+        ups = [up.float() * ((rank if alpha is None else float(alpha)) / rank) for _, up, alpha in found]
+        layers[name] = (downs[0], torch.cat(ups, dim=0), None)
+    if leftover:
+        raise ModelFileError(f"{path}: tensors of no FLUX.1 LoRA layer ({sorted(leftover)[:3]}); expected a FLUX.1 "
+                             "LoRA in kohya, diffusers or peft layout")
+    for name, (down, up, _) in layers.items():
+        if down is None or up is None:
+            raise ModelFileError(f"{path}: {name} lacks its lora_up/lora_B or lora_down/lora_A tensor")
+    return layers
+
+
+def _lora_layer_paths(transformer) -> dict[str, tuple[str, ...]]:
+    """Every layer sd-scripts could train on this model (any train_blocks), for mapping files."""
+    layers = getattr(transformer, "_fluxlora_layers", {})
+    return {**lora_layers(transformer, "all"), **layers}
+
+
+def _diffusers_layer(state: dict, module_path: str):
+    """Pop (down, up, alpha) for one diffusers module in peft or lora_transformer_ naming."""
+    flat = "lora_transformer_" + module_path.replace(".", "_")
+    for down_key, up_key, alpha_key in (
+        (f"transformer.{module_path}.lora_A.weight", f"transformer.{module_path}.lora_B.weight",
+         f"transformer.{module_path}.alpha"),
+        (f"base_model.model.{module_path}.lora_A.weight", f"base_model.model.{module_path}.lora_B.weight",
+         f"base_model.model.{module_path}.alpha"),
+        (f"{module_path}.lora_A.weight", f"{module_path}.lora_B.weight", f"{module_path}.alpha"),
+        (f"{flat}.lora_down.weight", f"{flat}.lora_up.weight", f"{flat}.alpha"),
+    ):
+        if down_key in state:
+            return state.pop(down_key), state.pop(up_key, None), state.pop(alpha_key, None)
+    return None
 
 
 def build_metadata(values: dict, *, epoch: int, steps: int, started_at: float,

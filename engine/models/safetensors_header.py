@@ -33,6 +33,8 @@ class Header:
 def read_header(path: str | Path, expected: str = "a .safetensors model file") -> Header:
     """Parse the header; a missing, truncated or non-safetensors file is a ModelFileError."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder; choose the .safetensors file itself ({expected})")
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found (expected {expected})")
     size = path.stat().st_size
@@ -41,9 +43,14 @@ def read_header(path: str | Path, expected: str = "a .safetensors model file") -
         if len(prefix) < 8:
             raise ModelFileError(f"{path}: only {size} bytes, not a safetensors file (expected {expected})")
         (length,) = struct.unpack("<Q", prefix)
-        if length <= 1 or length > _MAX_HEADER or length + 8 > size:
+        if length <= 1 or length > _MAX_HEADER:
             raise ModelFileError(_not_safetensors(path, expected))
         raw = handle.read(length)
+    if not raw.startswith(b"{"):
+        raise ModelFileError(_not_safetensors(path, expected))
+    if length + 8 > size:
+        raise ModelFileError(f"{path}: truncated inside its header ({size} bytes); download it again "
+                             f"(expected {expected})")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -52,9 +59,13 @@ def read_header(path: str | Path, expected: str = "a .safetensors model file") -
         raise ModelFileError(_not_safetensors(path, expected))
     metadata = data.pop("__metadata__", None) or {}
     tensors, end = {}, 0
-    for name, entry in data.items():
-        tensors[name] = TensorInfo(entry["dtype"], tuple(entry["shape"]), tuple(entry["data_offsets"]))
-        end = max(end, entry["data_offsets"][1])
+    try:
+        for name, entry in data.items():
+            tensors[name] = TensorInfo(str(entry["dtype"]), tuple(int(side) for side in entry["shape"]),
+                                       tuple(int(offset) for offset in entry["data_offsets"]))
+            end = max(end, tensors[name].offsets[1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ModelFileError(f"{path}: damaged safetensors header (entry {name!r}); expected {expected}") from None
     if 8 + length + end > size:
         raise ModelFileError(
             f"{path}: truncated: the header describes {8 + length + end} bytes but the file has "
@@ -73,22 +84,38 @@ _TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": 
                  "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def iter_tensors(path: str | Path, header: Header):
-    """(name, tensor) one at a time with plain reads: unlike a memory map, the file's pages do
-    not stay in this process's memory, so loading costs only the tensors we keep."""
+def torch_dtype(info: TensorInfo):
     import torch
 
-    with open(path, "rb", buffering=0) as handle:
-        for name, info in header.tensors.items():
-            start, end = info.offsets
-            buffer = torch.empty(end - start, dtype=torch.uint8)
-            handle.seek(header.data_start + start)
-            view = memoryview(buffer.numpy())
-            read = 0
-            while read < len(view):
-                count = handle.readinto(view[read:])
-                if not count:
-                    raise ModelFileError(f"{path}: truncated while reading {name}")
-                read += count
-            dtype = getattr(torch, _TORCH_DTYPES[info.dtype])
-            yield name, buffer.view(dtype).reshape(info.shape)
+    return getattr(torch, _TORCH_DTYPES[info.dtype])
+
+
+def read_tensor_into(handle, path: Path, header: Header, name: str, out, slab_bytes: int = 16 << 20) -> None:
+    """Read tensor `name` from the open file into the preallocated `out` (same shape, any
+    dtype), a slab of rows at a time, with plain reads: neither a memory map's pages nor a
+    full-size copy in the file's dtype stay in memory, so loading costs only the tensors kept.
+    From float8, values go through float32, which holds every float8 value exactly."""
+    import torch
+
+    info = header.tensors[name]
+    source_dtype = torch_dtype(info)
+    start, end = info.offsets
+    rows = info.shape[0] if info.shape else 1
+    row_bytes = (end - start) // max(rows, 1)
+    target = out.view(rows, -1)
+    step = max(1, slab_bytes // max(row_bytes, 1))
+    buffer = torch.empty(min(rows, step) * row_bytes, dtype=torch.uint8)
+    handle.seek(header.data_start + start)
+    for first in range(0, rows, step):
+        count = min(step, rows - first)
+        view = memoryview(buffer.numpy())[:count * row_bytes]
+        done = 0
+        while done < len(view):
+            got = handle.readinto(view[done:])
+            if not got:
+                raise ModelFileError(f"{path}: truncated while reading {name}")
+            done += got
+        slab = buffer[:count * row_bytes].view(source_dtype).view(count, -1)
+        if slab.dtype != out.dtype and 1 in (slab.dtype.itemsize, out.dtype.itemsize):
+            slab = slab.float()
+        target[first:first + count] = slab.to(out.dtype)

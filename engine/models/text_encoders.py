@@ -8,7 +8,7 @@ import torch
 
 from engine.models.errors import ModelFileError
 from engine.models.identify import describe
-from engine.models.safetensors_header import read_header
+from engine.models.safetensors_header import read_header, read_tensor_into
 
 CLIP_EXPECTED = "the CLIP-L text encoder, clip_l.safetensors"
 T5_EXPECTED = "the T5-XXL text encoder, e.g. t5xxl_fp16.safetensors"
@@ -53,15 +53,21 @@ def load_clip_l(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
-    from safetensors import safe_open
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
     from transformers import T5Config, T5EncoderModel
 
     path = Path(path)
-    shapes = read_header(path, T5_EXPECTED).shapes()
+    header = read_header(path, T5_EXPECTED)
+    shapes = header.shapes()
     bias = shapes.get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
-    if "shared.weight" not in shapes or bias is None:
+    embedding = shapes.get("shared.weight") or shapes.get("encoder.embed_tokens.weight")
+    if embedding is None or bias is None:
         raise ModelFileError(f"{path}: this looks like {describe(shapes)}; expected {T5_EXPECTED}")
-    vocab, d_model = shapes["shared.weight"]
+    if "scaled_fp8" in shapes:
+        raise ModelFileError(f"{path}: a 'scaled fp8' T5 (ComfyUI's *_scaled.safetensors) is not supported; "
+                             "use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors")
+    vocab, d_model = embedding
     buckets, heads = bias
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in shapes
     wi = "wi_0" if gated else "wi"
@@ -72,14 +78,32 @@ def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
         num_layers=_count(shapes, "encoder.block."),
         feed_forward_proj="gated-gelu" if gated else "relu", torch_dtype=dtype,
     )
-    model = T5EncoderModel(config)
-    with safe_open(str(path), framework="pt") as handle:
-        state = {k: handle.get_tensor(k).to(dtype) for k in handle.keys() if k.startswith(("encoder.", "shared."))}
-    state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFileError(f"{path}: incomplete T5 encoder ({(missing or unexpected)[:3]}); expected {T5_EXPECTED}")
-    return model.to(dtype).eval().requires_grad_(False)
+    # T5-XXL has 4.7 G parameters: build it empty and read each tensor straight into `dtype`,
+    # so RAM never holds a randomly initialised fp32 copy (19 GB) next to the weights.
+    with init_empty_weights():
+        model = T5EncoderModel(config)
+    expected = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {}
+    with open(path, "rb", buffering=0) as handle:
+        for name, info in header.tensors.items():
+            if name not in expected or tuple(info.shape) != tuple(expected[name].shape):
+                if name.startswith(("encoder.", "shared.")):
+                    raise ModelFileError(f"{path}: {name} {tuple(info.shape)} does not fit a T5 encoder; "
+                                         f"expected {T5_EXPECTED}")
+                continue  # a decoder or lm_head in a full T5 checkpoint
+            tensor = torch.empty(info.shape, dtype=dtype)
+            read_tensor_into(handle, path, header, name, tensor)
+            loaded[name] = tensor
+    # The token embedding is one matrix stored under either or both names.
+    for one, other in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
+        if one in loaded and other in expected:
+            loaded.setdefault(other, loaded[one])
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise ModelFileError(f"{path}: incomplete T5 encoder (missing {missing[:3]}); expected {T5_EXPECTED}")
+    for name, tensor in loaded.items():
+        set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=dtype)
+    return model.eval().requires_grad_(False)
 
 
 def load_tokenizers(clip_l_tokenizer_path: str = "", t5xxl_tokenizer_path: str = ""):
