@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import sys
+import time
 
 
 def problem_list(title: str, problems: list[str]) -> str:
@@ -107,7 +108,10 @@ def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
     if problems:
         return problem_list("Fix these before starting", problems)
     refusal = runner.start(values)
-    return f"**{refusal}**" if refusal else ("Continuing from the newest state…" if continuing else "Starting…")
+    if refusal:
+        return f"**{refusal}**"
+    started = time.strftime("%H:%M:%S")
+    return f"Continued from the newest state at {started}." if continuing else f"Started at {started}."
 
 
 def vram_text(values: dict) -> str:

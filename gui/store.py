@@ -22,11 +22,11 @@ def user_presets_dir() -> Path:
     return home() / "presets"
 
 
-def preset_choices() -> list[str]:
-    """Shipped presets, then the user's, as paths."""
+def preset_choices() -> list[tuple[str, str]]:
+    """(label, path) of the shipped presets, then the user's."""
     shipped = sorted(SHIPPED_PRESETS.glob("*.json"))
     mine = sorted(user_presets_dir().glob("*.json")) if user_presets_dir().is_dir() else []
-    return [str(path) for path in shipped + mine]
+    return [(f"{path.stem} (shipped)", str(path)) for path in shipped] + [(path.stem, str(path)) for path in mine]
 
 
 class WorkingPreset:

@@ -112,10 +112,15 @@ def status_text(page):
     return page.locator("#status-box").inner_text()
 
 
-def wait_for_status(page, *words, timeout=120000):
-    script = "words => words.some(w => document.querySelector('#status-box').innerText.includes(w))"
-    page.wait_for_function(script, arg=list(words), timeout=timeout)
-    return status_text(page)
+def wait_for_status(page, *words, timeout=120000, box="#status-box"):
+    script = "args => args[1].some(w => document.querySelector(args[0]).innerText.includes(w))"
+    page.wait_for_function(script, arg=[box, list(words)], timeout=timeout)
+    return page.locator(box).inner_text()
+
+
+def wait_for_message(page, *words):
+    """The answer to Start/Stop/Continue, which stays until the next click."""
+    return wait_for_status(page, *words, timeout=30000, box="#run-message")
 
 
 def test_every_tab_shows_its_options(page, tmp_path):
@@ -153,6 +158,14 @@ def test_save_reload_and_load_give_identical_values(page, tmp_path):
     tab(page, "Parameters")
     assert field(page, "epoch").input_value() == "7"
     page.screenshot(path=str(tmp_path / "after-load.png"), full_page=True)
+
+
+def test_shipped_preset_loads_from_the_dropdown(page):
+    page.locator("#preset-pick input").click()
+    page.get_by_role("option", name="flux1-dev-12gb (shipped)").click()
+    page.wait_for_function("document.querySelector('#config-status').innerText.includes('flux1-dev-12gb.json')")
+    assert field(page, "blocks_to_swap").input_value() == "16"
+    assert page.locator("#preset-path input").input_value().endswith("flux1-dev-12gb.json")
 
 
 def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):
@@ -214,9 +227,11 @@ def test_stop_saves_state_and_second_start_is_refused(page, tmp_path, tiny_model
     page.locator("#start").click()
     wait_for_status(page, "Training —")
     page.locator("#start").click()
-    page.wait_for_function("document.querySelector('#status-box').innerText.includes('already going')"
-                           " || document.querySelector('#status-box').innerText.includes('Training')")
+    assert "A training run is already going" in wait_for_message(page, "already going")
+    page.wait_for_timeout(1500)  # a timer tick later the refusal is still there
+    assert "already going" in page.locator("#run-message").inner_text()
     page.locator("#stop").click()
+    assert "Stopping at the next step" in wait_for_message(page, "Stopping")
     status = wait_for_status(page, "Stopped", "failed")
     assert "Stopped" in status and "tiny-state" in status
     assert (tmp_path / "out/tiny-state/train_state.json").is_file()
@@ -229,8 +244,10 @@ def test_problems_and_engine_errors_show_in_the_page(page, tmp_path, tiny_model_
     save_preset(values, preset)
     load_through_page(page, preset)
     page.locator("#start").click()
-    status = wait_for_status(page, "Fix these before starting")
-    assert f"file {tmp_path / 'nope.safetensors'} not found" in status.replace("\\", "")
+    message = wait_for_message(page, "Fix these before starting")
+    assert f"file {tmp_path / 'nope.safetensors'} not found" in message.replace("\\", "")
+    page.wait_for_timeout(1500)  # the problems stay on screen past a timer tick
+    assert "Fix these before starting" in page.locator("#run-message").inner_text()
     # An engine failure during the run: the VAE given as the transformer.
     fill(page, "pretrained_model_name_or_path", tiny_model_files["ae"])
     page.locator("#start").click()
