@@ -219,10 +219,16 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
         stop_button.click(lambda: runner.stop(), outputs=run_message)
         estimate_button.click(lambda *raw: actions.vram_text(collect(raw)[0]), inputs=inputs, outputs=vram_status)
 
-        def tick():
-            return actions.render(runner)
+        seen_revision = gr.State(-1)  # per browser tab: what it shows
 
-        timer.tick(tick, outputs=[run_status, progress, loss_plot, log_tail], queue=False, show_progress="hidden")
+        def tick(seen):
+            revision = runner.revision
+            if revision == seen:
+                return [gr.skip()] * 5
+            return [revision, *actions.render(runner)]
+
+        timer.tick(tick, inputs=seen_revision, outputs=[seen_revision, run_status, progress, loss_plot, log_tail],
+                   queue=False, show_progress="hidden")
     return demo
 
 
