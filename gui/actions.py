@@ -104,7 +104,7 @@ def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
             values = continue_values(values)
         except CommandError as exc:
             return f"**Cannot continue:** {_escape(str(exc))}"
-    problems = problems or check_ready(values)
+    problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
     if problems:
         return problem_list("Fix these before starting", problems)
     refusal = runner.start(values)

@@ -271,9 +271,12 @@ def test_problems_and_engine_errors_show_in_the_page(page, tmp_path, tiny_model_
     values = tiny_training_values(tiny_model_files, tmp_path, pretrained_model_name_or_path=str(tmp_path / "nope.safetensors"))
     save_preset(values, preset)
     load_through_page(page, preset)
+    fill(page, "epoch", "")
     page.locator("#start").click()
     message = wait_for_message(page, "Fix these before starting")
     assert f"file {tmp_path / 'nope.safetensors'} not found" in message.replace("\\", "")
+    assert "epoch: empty" in message.replace("\\", "")  # both problems at once
+    fill(page, "epoch", 2)
     page.wait_for_timeout(1500)  # the problems stay on screen past a timer tick
     assert "Fix these before starting" in page.locator("#run-message").inner_text()
     # An engine failure during the run: the VAE given as the transformer.
