@@ -42,10 +42,20 @@ def one_start() -> float:
         process.wait(timeout=10)
 
 
+def bare_gradio_import() -> float:
+    """The floor no app can beat: a fresh Python importing gradio."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import gradio"], check=True, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     times = [one_start() for _ in range(5)]
     print("starts: " + ", ".join(f"{t:.2f}" for t in times) + " s")
     print(f"median: {statistics.median(times):.2f} s  (target < 5 s)")
+    floor = statistics.median(bare_gradio_import() for _ in range(3))
+    print(f"bare 'import gradio' median of 3: {floor:.2f} s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import sys
+import time
 
 
 def problem_list(title: str, problems: list[str]) -> str:
@@ -97,11 +98,14 @@ def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
             values = continue_values(values)
         except CommandError as exc:
             return f"**Cannot continue:** {_escape(str(exc))}"
-    problems = problems or check_ready(values)
+    problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
     if problems:
         return problem_list("Fix these before starting", problems)
     refusal = runner.start(values)
-    return f"**{refusal}**" if refusal else ("Continuing from the newest state…" if continuing else "Starting…")
+    if refusal:
+        return f"**{refusal}**"
+    started = time.strftime("%H:%M:%S")
+    return f"Continued from the newest state at {started}." if continuing else f"Started at {started}."
 
 
 def vram_text(values: dict) -> str:

@@ -30,41 +30,47 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
     runner = runner or TrainingRunner()
     widgets: dict[str, gr.components.Component] = {}
 
-    def section(name: str) -> None:
-        for option in OPTIONS_TABLE:
-            if option.section == name:
-                widgets[option.key] = make_widget(option, working.values[option.key])
+    def section(name: str, columns: int) -> None:
+        """The section's options in rows of `columns` (a single long column is hard to scan)."""
+        options = [option for option in OPTIONS_TABLE if option.section == name]
+        for first in range(0, len(options), columns):
+            with gr.Row():
+                for option in options[first:first + columns]:
+                    widgets[option.key] = make_widget(option, working.values[option.key])
+                for _ in range(columns - len(options[first:first + columns])):
+                    gr.Column()  # keeps the last row's fields as wide as the others
 
     with gr.Blocks(title="FluxLoRA") as demo:
         gr.Markdown("## FluxLoRA — FLUX.1 LoRA trainer")
-        with gr.Group():
-            with gr.Row():
-                preset_path = gr.Textbox(label="Preset file", value=working.preset_path, scale=4, max_lines=1,
-                                         elem_id="preset-path", placeholder="path to a .json preset or kohya_ss config")
-                preset_pick = gr.Dropdown(label="Presets", choices=preset_choices(), value=None, scale=3,
-                                          elem_id="preset-pick", allow_custom_value=True)
-            with gr.Row():
-                load_button = gr.Button("Load", elem_id="load")
-                save_button = gr.Button("Save", elem_id="save")
-                save_as_name = gr.Textbox(show_label=False, placeholder="name for Save as", max_lines=1,
-                                          elem_id="save-as-name", scale=2)
-                save_as_button = gr.Button("Save as", elem_id="save-as")
-            config_status = gr.Markdown(elem_id="config-status")
+        gr.Markdown("### Configuration")
+        with gr.Row(equal_height=True):
+            preset_path = gr.Textbox(label="Preset file", value=working.preset_path, scale=4, max_lines=1,
+                                     elem_id="preset-path", placeholder="path to a .json preset or kohya_ss config")
+            preset_pick = gr.Dropdown(label="Presets (shipped and yours)", choices=preset_choices(), value=None,
+                                      scale=3, elem_id="preset-pick", allow_custom_value=True,
+                                      info=f"Save as puts yours in {user_presets_dir()}")
+        with gr.Row(equal_height=True):
+            load_button = gr.Button("Load", elem_id="load", size="md")
+            save_button = gr.Button("Save", elem_id="save", size="md")
+            save_as_name = gr.Textbox(show_label=False, placeholder="name for Save as", max_lines=1,
+                                      elem_id="save-as-name", scale=2, container=False)
+            save_as_button = gr.Button("Save as", elem_id="save-as", size="md")
+        config_status = gr.Markdown(elem_id="config-status")
 
         with gr.Tabs():
             with gr.Tab("Model", elem_id="tab-model"):
-                section(MODEL)
+                section(MODEL, 2)
             with gr.Tab("Folders", elem_id="tab-folders"):
-                section(FOLDERS)
+                section(FOLDERS, 2)
             with gr.Tab("Parameters", elem_id="tab-parameters"):
                 with gr.Accordion("Basic", open=True):
-                    section(BASIC)
+                    section(BASIC, 3)
                 with gr.Accordion("Flux.1", open=True):
-                    section(FLUX)
+                    section(FLUX, 3)
                 with gr.Accordion("Advanced", open=False):
-                    section(ADVANCED)
+                    section(ADVANCED, 3)
             with gr.Tab("Dataset Preparation", elem_id="tab-dataset"):
-                section(DATASET)
+                section(DATASET, 2)
                 overwrite = gr.Checkbox(label="Rebuild an existing destination",
                                         info="Rebuilds img/ and reg/; captions, log/ and model/ are kept.",
                                         elem_id="prep-overwrite")
@@ -92,6 +98,7 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
             stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             continue_button = gr.Button("Continue", elem_id="continue")
             estimate_button = gr.Button("Estimate VRAM", elem_id="estimate")
+        run_message = gr.Markdown(elem_id="run-message")  # answers to Start/Stop/Continue; the timer leaves it alone
         vram_status = gr.Markdown(elem_id="vram-status")
         run_status = gr.Markdown(elem_id="status-box")
         progress = gr.HTML(elem_id="progress")
@@ -207,15 +214,21 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
                 return message, actions.vram_text(values) if not problems else gr.update()
             return handler
 
-        start_button.click(start(False), inputs=inputs, outputs=[run_status, vram_status])
-        continue_button.click(start(True), inputs=inputs, outputs=[run_status, vram_status])
-        stop_button.click(lambda: runner.stop(), outputs=run_status)
+        start_button.click(start(False), inputs=inputs, outputs=[run_message, vram_status])
+        continue_button.click(start(True), inputs=inputs, outputs=[run_message, vram_status])
+        stop_button.click(lambda: runner.stop(), outputs=run_message)
         estimate_button.click(lambda *raw: actions.vram_text(collect(raw)[0]), inputs=inputs, outputs=vram_status)
 
-        def tick():
-            return actions.render(runner)
+        seen_revision = gr.State(-1)  # per browser tab: what it shows
 
-        timer.tick(tick, outputs=[run_status, progress, loss_plot, log_tail], queue=False, show_progress="hidden")
+        def tick(seen):
+            revision = runner.revision
+            if revision == seen:
+                return [gr.skip()] * 5
+            return [revision, *actions.render(runner)]
+
+        timer.tick(tick, inputs=seen_revision, outputs=[seen_revision, run_status, progress, loss_plot, log_tail],
+                   queue=False, show_progress="hidden")
     return demo
 
 

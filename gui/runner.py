@@ -28,6 +28,7 @@ class RunView:
 class TrainingRunner:
     def __init__(self):
         self.view = RunView()
+        self.revision = 0  # bumped on every change, so the page re-renders only when something happened
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,6 +43,7 @@ class TrainingRunner:
             if self.running:
                 return "A training run is already going; stop it first or wait for it to finish."
             self.view = RunView(running=True, phase="starting", started_at=time.time())
+            self.revision += 1
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, args=(dict(values),), name="fluxlora-train", daemon=True)
             self._thread.start()
@@ -64,6 +66,7 @@ class TrainingRunner:
             self._on_event(Finished("failed", message=f"{type(exc).__name__}: {exc}"))
         finally:
             self.view.running = False
+            self.revision += 1
 
     def _on_event(self, event) -> None:
         from engine.events import Finished, Log, Progress
@@ -81,3 +84,4 @@ class TrainingRunner:
         elif isinstance(event, Finished):
             view.finished = event
             view.phase = event.status
+        self.revision += 1

@@ -22,11 +22,11 @@ def user_presets_dir() -> Path:
     return home() / "presets"
 
 
-def preset_choices() -> list[str]:
-    """Shipped presets, then the user's, as paths."""
+def preset_choices() -> list[tuple[str, str]]:
+    """(label, path) of the shipped presets, then the user's."""
     shipped = sorted(SHIPPED_PRESETS.glob("*.json"))
     mine = sorted(user_presets_dir().glob("*.json")) if user_presets_dir().is_dir() else []
-    return [str(path) for path in shipped + mine]
+    return [(f"{path.stem} (shipped)", str(path)) for path in shipped] + [(path.stem, str(path)) for path in mine]
 
 
 class WorkingPreset:
@@ -44,8 +44,9 @@ class WorkingPreset:
                 pass  # an unreadable working copy starts from the defaults; presets on disk are untouched
 
     def remember(self, values: dict, preset_path: str | None = None) -> None:
-        self.values = dict(values)
-        if preset_path is not None:
-            self.preset_path = preset_path
+        preset_path = self.preset_path if preset_path is None else preset_path
+        if values == self.values and preset_path == self.preset_path and self.path.is_file():
+            return  # a Load fires one change event per field, all with the values just stored
+        self.values, self.preset_path = dict(values), preset_path
         atomic_write_text(self.path, json.dumps({"preset_path": self.preset_path, "values": self.values},
                                                 indent=2, sort_keys=True))

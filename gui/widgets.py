@@ -21,17 +21,20 @@ def make_widget(option: Option, value):
 
 
 def collect(raw_values) -> tuple[dict, list[str]]:
-    """Widget values in OPTIONS_TABLE order -> (preset values, problems)."""
+    """Widget values in OPTIONS_TABLE order -> (preset values, problems). A field with a problem
+    holds its default, so callers must not keep values that come with problems."""
     values, problems = {}, []
     for option, raw in zip(OPTIONS_TABLE, raw_values):
         if option.type in ("int", "float"):
             if raw is None or raw == "":
                 problems.append(f"{option.key}: empty, expected {option.allowed()}")
+                values[option.key] = option.default  # lets the other checks still run; never saved
                 continue
             number = float(raw)
             if option.type == "int":
                 if not number.is_integer():
                     problems.append(f"{option.key}: {raw!r} is not allowed, expected {option.allowed()}")
+                    values[option.key] = option.default
                     continue
                 values[option.key] = int(number)
             else:
