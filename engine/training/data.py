@@ -32,15 +32,18 @@ def bucket_for(width: int, height: int, values: dict) -> tuple[int, int]:
     max_w, max_h = parse_resolution(values["max_resolution"])
     if not values["enable_bucket"]:
         return max_w, max_h
-    step = values["bucket_reso_steps"]
-    low, high = values["min_bucket_reso"], values["max_bucket_reso"]
     area = min(max_w * max_h, width * height)
-    ratio = width / height
-    bucket_w = math.sqrt(area * ratio)
-    bucket_h = area / bucket_w
-    bucket_w = min(max(_floor(bucket_w, step), low), high)
-    bucket_h = min(max(_floor(bucket_h, step), low), high)
-    return max(bucket_w, step), max(bucket_h, step)
+    ideal_w = math.sqrt(area * width / height)
+    return _bucket_side(ideal_w, width, values), _bucket_side(area / ideal_w, height, values)
+
+
+def _bucket_side(ideal: float, image_side: int, values: dict) -> int:
+    """`ideal` rounded down to the step, within the min/max bucket sides; an image smaller than
+    min_bucket_reso keeps its own size (rounded down) instead of being upscaled."""
+    step = values["bucket_reso_steps"]
+    high = max(_floor(values["max_bucket_reso"], step), step)
+    low = min(-(-values["min_bucket_reso"] // step) * step, _floor(image_side, step))
+    return max(min(max(_floor(ideal, step), low), high), step)
 
 
 def _floor(value: float, step: int) -> int:
