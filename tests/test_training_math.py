@@ -2,6 +2,7 @@
 schedules and cache keys. Exact values; no models needed."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from PIL import Image
 from engine.preset import default_values
 from engine.training import flow
 from engine.training.cache import EntryCache, entry_key
-from engine.training.data import Sample, bucket_for, epoch_batches, fit_to_bucket, steps_in_epoch
+from engine.training.data import (Sample, balance_regularisation, bucket_for, epoch_batches, fit_to_bucket,
+                                  load_samples, steps_in_epoch)
 from engine.training.optim import create_optimizer, create_scheduler, parse_optimizer_args
 
 
@@ -84,17 +86,22 @@ def test_noise_level_modes():
         draw("logit")
 
 
-def test_packing_and_image_ids_match_diffusers():
-    from diffusers import FluxPipeline
-
+def test_packing_and_image_ids():
     latents = torch.randn(2, 16, 4, 6)
     packed = flow.pack_latents(latents)
     assert packed.shape == (2, 6, 64)
-    assert packed[1, 1 * 3 + 2, 5 * 4 + 1 * 2 + 0] == latents[1, 5, 2 * 1 + 1, 2 * 2 + 0]
-    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, 16, 4, 6))
+    # b c (h 2) (w 2) -> b (h w) (c 2 2), element by element
+    expected = torch.empty(2, 6, 64)
+    for row in range(2):
+        for col in range(3):
+            for channel in range(16):
+                for dy in range(2):
+                    for dx in range(2):
+                        expected[:, row * 3 + col, channel * 4 + dy * 2 + dx] = latents[:, channel, 2 * row + dy,
+                                                                                       2 * col + dx]
+    assert torch.equal(packed, expected)
     ids = flow.image_ids(4, 6)
-    assert ids[4].tolist() == [0.0, 1.0, 1.0]
-    assert torch.equal(ids, FluxPipeline._prepare_latent_image_ids(2, 2, 3, "cpu", torch.float32))
+    assert ids.tolist() == [[0.0, r, c] for r in range(2) for c in range(3)]
 
 
 def test_optimizer_args_are_parsed_as_literals_never_evaluated():
@@ -152,3 +159,24 @@ def test_cache_keys_and_disk_entries(tmp_path):
     (tmp_path / f"{key}.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     assert EntryCache(tmp_path).get(key) is None  # damaged: recomputed, never trusted
     assert EntryCache(None).get(key) is None
+
+
+def test_regularisation_images_fill_as_many_slots_as_the_training_images():
+    reg = [Sample(f"r{i}.png", "man", 1, (64, 64)) for i in range(3)]
+    assert [s.repeats for s in balance_regularisation(reg, 2)] == [1, 1]        # the third is left out
+    assert [s.repeats for s in balance_regularisation(reg, 8)] == [3, 3, 2]     # one more each, in turn
+    heavy = [Sample("r.png", "man", 5, (64, 64)), Sample("s.png", "man", 5, (64, 64))]
+    assert [s.repeats for s in balance_regularisation(heavy, 4)] == [5]         # kohya keeps the overshoot
+
+
+def test_samples_with_regularisation_folder(tmp_path):
+    from tests.fixtures.datasets import write_images
+
+    write_images(tmp_path / "img/3_ohwx man", 2)
+    write_images(tmp_path / "reg/1_man", 4, captions=False)
+    samples = load_samples(values(train_data_dir=str(tmp_path / "img"), reg_data_dir=str(tmp_path / "reg"),
+                                  max_resolution="64,64", min_bucket_reso=64))
+    assert [(Path(s.image_path).name, s.caption, s.repeats) for s in samples] == [
+        ("photo 0.png", "ohwx man, photo 0", 3), ("photo 1.png", "ohwx man, photo 1", 3),
+        ("photo 0.png", "man", 2), ("photo 1.png", "man", 2), ("photo 2.png", "man", 1), ("photo 3.png", "man", 1)]
+    assert steps_in_epoch(samples, 1, 1) == 12  # kohya: images x repeats x 2 with regularisation
