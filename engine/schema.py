@@ -107,7 +107,7 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Optional parent of N_class regularisation folders."),
     O("output_dir", "dir", "", FOLDERS, "Output folder", "Where LoRA files and states go."),
     O("logging_dir", "dir", "", FOLDERS, "Logging folder",
-      "Where TensorBoard events and the run's text log go."),
+      "Where TensorBoard events and the run's text log go; empty: a log folder in the output folder."),
     O("caption_extension", "str", ".txt", FOLDERS, "Caption extension",
       "Extension of the caption file next to each image."),
     # --- Parameters / Basic ------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_fp8_base_with_bf16_and_gradient_checkpointing_trains(tiny_model_files, 
     assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)
 
 
-@pytest.mark.parametrize("optimizer, scheduler", [("AdamW8bit", "cosine"), ("AdamW", "polynomial"),
+@pytest.mark.parametrize("optimizer, scheduler", [("AdamW8bit", "cosine"), ("AdamW", "polynomial"), ("Prodigy", "linear"),
                                                   ("Adafactor", "cosine_with_restarts")])
 def test_optimizers_and_schedulers(tiny_model_files, tmp_path, optimizer, scheduler):
     values = tiny_training_values(tiny_model_files, tmp_path, epoch=1, optimizer=optimizer, lr_scheduler=scheduler,

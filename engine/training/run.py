@@ -17,7 +17,6 @@ import torch
 from engine.dataset.images import open_image_rgb
 from engine.events import (CACHING_LATENTS, CACHING_TEXT, LOADING, SAVING, TRAINING, Log, Progress, emit)
 from engine.fsutil import atomic_dir
-from engine.models.errors import ModelFileError
 from engine.train_state import RunRecord, StateError, TrainState, expected_step, fix_train_state, read_train_state, write_train_state
 from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
