@@ -1,6 +1,6 @@
 """Steps/s of the engine's training loop vs a bare hand-written diffusers + peft loop doing the
 same math (same model file, LoRA layers, data, optimizer, batch) in one run. Target >= 0.9x.
-Run: python benchmarks/engine_overhead.py"""
+Run: python benchmarks/engine_overhead.py [STEPS]  (default 200; a multiple of 4)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from engine.trainer import train  # noqa: E402
 from tests.fixtures.datasets import tiny_training_values, write_images  # noqa: E402
 from tests.fixtures.models import write_tiny_model_set, write_tiny_flux  # noqa: E402
 
-STEPS = 200
+STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 200  # 4 images x STEPS/4 repeats, batch 1
 
 
 def engine_rate(values) -> float:
@@ -85,7 +85,7 @@ def main() -> None:
         files = write_tiny_model_set(folder / "models")
         write_tiny_flux(files["pretrained_model_name_or_path"], width=128, num_double=2, num_single=2,
                         dtype=torch.float32)
-        write_images(folder / "data/img/50_ohwx man", 4, size=(128, 128))
+        write_images(folder / f"data/img/{STEPS // 4}_ohwx man", 4, size=(128, 128))
         values = tiny_training_values(files, folder, epoch=1, max_resolution="128,128", save_every_n_epochs=0,
                                       save_state_on_train_end=False, gradient_checkpointing=False)
         values["timestep_sampling"] = "sigmoid"

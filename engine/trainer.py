@@ -7,6 +7,7 @@ preset's cadence. Everything is reported through `engine.events`; nothing is pri
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ def check_ready(values: dict) -> list[str]:
     problems = validate_values(values)
     if problems:
         return problems
+    if values["bucket_reso_steps"] % 16:
+        problems.append(f"bucket_reso_steps: {values['bucket_reso_steps']} is not allowed; use a multiple of 16 "
+                        "(FLUX packs 2x2 latents of 8 pixels), such as 64")
     for key, label in MODEL_FILES:
         if not values[key].strip():
             problems.append(f"{key}: empty; choose the {label}")
@@ -60,8 +64,10 @@ def check_ready(values: dict) -> list[str]:
             problems.append(str(exc))
     if not values["output_dir"].strip():
         problems.append("output_dir: empty; choose where the LoRA files go")
-    elif Path(values["output_dir"]).is_file():
-        problems.append(f"output_dir: {values['output_dir']} is a file, not a folder")
+    else:
+        problems += _folder_problems("output_dir", values["output_dir"])
+    if values["logging_dir"].strip():
+        problems += _folder_problems("logging_dir", values["logging_dir"])
     if values["network_weights"] and not Path(values["network_weights"]).is_file():
         problems.append(f"network_weights: file {values['network_weights']} not found")
     if values["resume"] and not (Path(values["resume"]) / "train_state.json").is_file():
@@ -69,11 +75,28 @@ def check_ready(values: dict) -> list[str]:
     return problems
 
 
+def _folder_problems(key: str, folder: str) -> list[str]:
+    """Why files could not be written in `folder` (created on demand), if anything stops it."""
+    path = Path(folder)
+    if path.is_file():
+        return [f"{key}: {folder} is a file, not a folder"]
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        blocker = existing if existing is not None else path.anchor or folder
+        return [f"{key}: {folder} cannot be created ({blocker} is not a folder); choose another folder"]
+    if not os.access(existing, os.W_OK):
+        return [f"{key}: no permission to write in {existing}; choose a folder you can write to"]
+    return []
+
+
 def train(values: dict, on_event=None, stop: threading.Event | None = None) -> TrainResult:
     """Train; never raises for user-fixable problems: they come back as status "failed"."""
     from engine.training.run import TrainingRun
 
-    problems = check_ready(values)
+    try:
+        problems = check_ready(values)
+    except OSError as exc:  # e.g. a data folder that cannot be listed
+        problems = [str(exc)]
     if problems:
         message = "; ".join(problems)
         emit(on_event, Finished("failed", message=message))

@@ -228,3 +228,38 @@ def test_max_train_steps_t5_mask_and_highvram(tiny_model_files, tmp_path):
     train(other)
     a, b = lora_tensors(tmp_path / "out/tiny.safetensors"), lora_tensors(tmp_path / "unmasked/out/tiny.safetensors")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_while_caching_ends_at_once_and_keeps_the_cached_entries(tiny_model_files, tmp_path):
+    values = tiny_training_values(tiny_model_files, tmp_path, epoch=3)
+    stop = threading.Event()
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, Progress) and event.phase == "caching latents" and event.done == 1:
+            stop.set()
+
+    with ForwardCounter() as counter:
+        result = train(values, on_event=on_event, stop=stop)
+    assert (result.status, result.steps, result.lora_path) == ("stopped", 0, "")
+    assert result.message == "stopped before training started; nothing was saved (cached entries are kept)"
+    assert counter.counts == {"vae": 1, "clip": 3, "t5": 3}
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not any(isinstance(e, Progress) and e.phase == "training" for e in events)
+    assert isinstance(events[-1], Finished) and events[-1].status == "stopped"
+    assert len(list((Path(values["train_data_dir"]) / ".fluxlora-cache" / "latents").iterdir())) == 1
+
+
+def test_output_folders_that_cannot_be_written_and_bad_bucket_steps_are_reported(tiny_model_files, tmp_path):
+    blocker = tmp_path / "a file.txt"
+    blocker.write_text("x")
+    values = tiny_training_values(tiny_model_files, tmp_path, output_dir=str(blocker / "out"),
+                                  logging_dir=str(blocker), bucket_reso_steps=24)
+    assert check_ready(values) == [
+        "bucket_reso_steps: 24 is not allowed; use a multiple of 16 (FLUX packs 2x2 latents of 8 pixels), such as 64",
+        f"output_dir: {blocker / 'out'} cannot be created ({blocker} is not a folder); choose another folder",
+        f"logging_dir: {blocker} is a file, not a folder",
+    ]
+    assert check_ready(dict(values, output_dir=str(tmp_path / "new" / "deeper"), logging_dir="",
+                            bucket_reso_steps=64)) == []

@@ -62,7 +62,7 @@ def continue_values(values: dict) -> dict:
 
 
 def _request_stop(stop: threading.Event) -> None:
-    print("\nstopping at the next step (state is saved); press Ctrl+C again to abort", file=sys.stderr)
+    print("\nstopping at the next step and saving the LoRA; press Ctrl+C again to abort", file=sys.stderr)
     if stop.is_set():
         raise KeyboardInterrupt
     stop.set()

@@ -18,6 +18,9 @@ from engine.fsutil import atomic_path
 
 CACHE_FOLDER = ".fluxlora-cache"
 _SAMPLE = 1024 * 1024
+# Raise when the way entries are computed changes (pixel preparation, normalisation, tensor
+# names), so caches written by an older version miss instead of feeding stale values.
+CACHE_FORMAT = 1
 
 
 def file_identity(path: str | Path) -> str:
@@ -41,6 +44,7 @@ def bytes_digest(path: str | Path) -> str:
 
 
 def entry_key(**parts) -> str:
+    parts["format"] = CACHE_FORMAT
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 

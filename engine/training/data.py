@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -32,15 +32,18 @@ def bucket_for(width: int, height: int, values: dict) -> tuple[int, int]:
     max_w, max_h = parse_resolution(values["max_resolution"])
     if not values["enable_bucket"]:
         return max_w, max_h
-    step = values["bucket_reso_steps"]
-    low, high = values["min_bucket_reso"], values["max_bucket_reso"]
     area = min(max_w * max_h, width * height)
-    ratio = width / height
-    bucket_w = math.sqrt(area * ratio)
-    bucket_h = area / bucket_w
-    bucket_w = min(max(_floor(bucket_w, step), low), high)
-    bucket_h = min(max(_floor(bucket_h, step), low), high)
-    return max(bucket_w, step), max(bucket_h, step)
+    ideal_w = math.sqrt(area * width / height)
+    return _bucket_side(ideal_w, width, values), _bucket_side(area / ideal_w, height, values)
+
+
+def _bucket_side(ideal: float, image_side: int, values: dict) -> int:
+    """`ideal` rounded down to the step, within the min/max bucket sides; an image smaller than
+    min_bucket_reso keeps its own size (rounded down) instead of being upscaled."""
+    step = values["bucket_reso_steps"]
+    high = max(_floor(values["max_bucket_reso"], step), step)
+    low = min(-(-values["min_bucket_reso"] // step) * step, _floor(image_side, step))
+    return max(min(max(_floor(ideal, step), low), high), step)
 
 
 def _floor(value: float, step: int) -> int:
@@ -94,20 +97,49 @@ def _bucket_counts(samples: list[Sample]) -> dict:
 def load_samples(values: dict, on_skip=lambda text: None) -> list[Sample]:
     """The preset's training (and regularisation) images with their buckets; unreadable
     images are reported through on_skip and left out."""
-    items = scan_train_dir(values["train_data_dir"], values["caption_extension"])
+    train = _readable(scan_train_dir(values["train_data_dir"], values["caption_extension"]), on_skip)
+    if not train:
+        raise ValueError(f"train_data_dir: none of the images in {values['train_data_dir']} could be read")
+    samples = _samples(train, values)
     if values["reg_data_dir"]:
-        items += scan_train_dir(values["reg_data_dir"], values["caption_extension"], key="reg_data_dir")
-    sizes, good = {}, []
+        reg = _readable(scan_train_dir(values["reg_data_dir"], values["caption_extension"], key="reg_data_dir"), on_skip)
+        samples += balance_regularisation(_samples(reg, values), sum(sample.repeats for sample in samples))
+    return samples
+
+
+def _samples(readable: list[tuple[ImageItem, tuple[int, int]]], values: dict) -> list[Sample]:
+    sizes = {item.image_path: size for item, size in readable}
+    return make_samples([item for item, _ in readable], values, sizes.__getitem__)
+
+
+def _readable(items: list[ImageItem], on_skip) -> list[tuple[ImageItem, tuple[int, int]]]:
+    good = []
     for item in items:
         try:
             with open_image_rgb(item.image_path) as image:
-                sizes[item.image_path] = image.size
-            good.append(item)
+                good.append((item, image.size))
         except BadImageError as exc:
             on_skip(f"skipping {item.image_path.name}: {exc}")
-    if not good:
-        raise ValueError(f"train_data_dir: none of the {len(items)} images could be read")
-    return make_samples(good, values, lambda path: sizes[path])
+    return good
+
+
+def balance_regularisation(reg: list[Sample], train_count: int) -> list[Sample]:
+    """sd-scripts' rule, so step counts match kohya's: regularisation images fill exactly as many
+    slots per epoch as the training images with their repeats (at least). In folder order each
+    takes its repeats until the slots are full (the rest are left out); when they fall short,
+    each gets one more repeat in turn."""
+    counts, filled = [], 0
+    for sample in reg:
+        if filled >= train_count:
+            break
+        counts.append(sample.repeats)
+        filled += sample.repeats
+    turn = 0
+    while counts and filled < train_count:
+        counts[turn % len(counts)] += 1
+        filled += 1
+        turn += 1
+    return [replace(sample, repeats=count) for sample, count in zip(reg, counts)]
 
 
 def steps_per_epoch_for(values: dict) -> int:

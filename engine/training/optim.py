@@ -11,7 +11,9 @@ def parse_optimizer_args(text: str) -> dict:
     """'relative_step=False betas=0.9,0.99 eps=1e-8' -> {'relative_step': False, 'betas': (0.9, 0.99), ...}"""
     args = {}
     for word in text.split():
-        key, _, raw = word.partition("=")
+        key, equals, raw = word.partition("=")
+        if not equals or not key:
+            raise ValueError(f"optimizer_args: {word!r} is not key=value; write e.g. 'relative_step=False'")
         try:
             args[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -126,9 +126,13 @@ class TrainingRun:
             return TrainResult("completed", steps=self.step, epoch=self.completed_epochs,
                                log_path=str(self.log_path or ""), message=message)
 
-        self._prepare_text()
-        self._prepare_latents()
-        self._load_transformer()
+        for prepare in (self._prepare_text, self._prepare_latents, self._load_transformer):
+            prepare()
+            if self.stop.is_set():  # loading and caching can take minutes: a stop need not wait for them
+                message = "stopped before training started; nothing was saved (cached entries are kept)"
+                self.log(message, "warning")
+                return TrainResult("stopped", steps=self.step, epoch=self.completed_epochs,
+                                   log_path=str(self.log_path or ""), message=message)
         status = self._train_loop()
         lora_path, state_dir = self._save_final(status)
         message = (f"trained to step {self.step} (epoch {self.completed_epochs}); LoRA: {lora_path}"
@@ -186,6 +190,8 @@ class TrainingRun:
         captions = sorted({sample.caption for sample in self.samples})
         computed = 0
         for index, caption in enumerate(captions):
+            if self.stop.is_set():
+                return
             if self.text_cache.get(self.text_key(caption)) is None:
                 self.text_cache.put(self.text_key(caption), self._encode_text([caption], squeeze=True))
                 computed += 1
@@ -237,6 +243,8 @@ class TrainingRun:
             return
         computed = 0
         for index, sample in enumerate(self.samples):
+            if self.stop.is_set():
+                return
             if self.latent_cache.get(key(sample)) is None:
                 self.latent_cache.put(key(sample), {"latent": self._encode_images([sample])[0]})
                 computed += 1
