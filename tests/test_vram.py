@@ -190,3 +190,20 @@ def test_cli_prints_table(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "model: flux1-dev"
     assert lines[-1].startswith("predicted peak") and lines[-1].endswith("GiB")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
+def test_estimate_reads_a_few_kilobytes_of_a_large_file(tmp_path):
+    path = tmp_path / "flux.safetensors"
+    write_tiny_flux(path, width=256, num_double=2, num_single=2)
+    values = dict(default_values(), pretrained_model_name_or_path=str(path))
+    estimate_vram(values)  # imports and the cached meta model out of the way
+
+    def bytes_read():
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                        if line.startswith("rchar:")).split()[1])
+
+    before = bytes_read()
+    estimate_vram(values)
+    read = bytes_read() - before
+    assert path.stat().st_size > 10_000_000 and read < 100_000, read
