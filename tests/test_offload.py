@@ -81,7 +81,7 @@ def test_training_with_swapped_blocks_equals_plain_training(tiny_model_files, tm
     assert train(plain).status == "completed"
     result = train(swapped)
     assert result.status == "completed", result.message
-    assert "1 transformer blocks stay in system RAM" in Path(result.log_path).read_text(encoding="utf-8")
+    assert "blocks_to_swap 1: 0 double and 1 single transformer blocks stay in system RAM" in Path(result.log_path).read_text(encoding="utf-8")
     a = load_file(str(tmp_path / "plain/out/tiny.safetensors"))
     b = load_file(str(tmp_path / "swapped/out/tiny.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
