@@ -116,6 +116,9 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     else:
         label = arch_name or "given architecture"
     estimate = VramEstimate(architecture=label)
+    model = values.get("pretrained_model_name_or_path", "")
+    if model and not Path(model).is_file():
+        estimate.notes.append(f"{model} not found: assuming the {label} architecture")
     parts = estimate.parts
     compute = 4 if values["mixed_precision"] == "no" else 2
     fp8 = bool(values["fp8_base"] or values["fp8_base_unet"])

@@ -190,6 +190,12 @@ def test_cli_prints_table(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "model: flux1-dev"
     assert lines[-1].startswith("predicted peak") and lines[-1].endswith("GiB")
+    missing = subprocess.run([sys.executable, "-m", "engine", "estimate", str(ROOT / "presets/flux1-dev-12gb.json"),
+                              "--arch", "flux1-schnell", "--set", f"pretrained_model_name_or_path={tmp_path / 'no.safetensors'}"],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stdout.splitlines()[0] == "model: flux1-schnell"
+    assert "not found: assuming the flux1-schnell architecture" in missing.stdout
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux's /proc/self/io")
