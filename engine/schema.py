@@ -107,7 +107,7 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Optional parent of N_class regularisation folders."),
     O("output_dir", "dir", "", FOLDERS, "Output folder", "Where LoRA files and states go."),
     O("logging_dir", "dir", "", FOLDERS, "Logging folder",
-      "Where TensorBoard events and the run's text log go."),
+      "Where TensorBoard events and the run's text log go; empty: a log folder in the output folder."),
     O("caption_extension", "str", ".txt", FOLDERS, "Caption extension",
       "Extension of the caption file next to each image."),
     # --- Parameters / Basic ------------------------------------------------------------
@@ -200,7 +200,8 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("mem_eff_save", "bool", True, FLUX, "Memory-efficient save",
       "Stream LoRA files to disk without a second copy in memory."),
     O("highvram", "bool", False, FLUX, "High VRAM",
-      "Keep the VAE and text encoders on the GPU during training."),
+      "Keep the VAE and text encoders on the GPU all run long; off, they leave it after caching "
+      "(or between uses when nothing is cached)."),
     # --- Parameters / Advanced ---------------------------------------------------------
     O("gradient_checkpointing", "bool", True, ADVANCED, "Gradient checkpointing",
       "Recompute activations in the backward pass to save memory."),
@@ -218,8 +219,6 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Save a resumable state when training ends or is stopped."),
     O("resume", "dir", "", ADVANCED, "Resume from state",
       "A state folder to continue from; Epochs is then the new total."),
-    O("max_data_loader_n_workers", "int", 0, ADVANCED, "Data loader workers",
-      "Worker threads for loading images when nothing is cached.", minimum=0, maximum=32),
     # --- Dataset Preparation (ours: kohya_ss does not save these in its config) --------
     O("dataset_instance_prompt", "str", "", DATASET, "Instance prompt",
       "The trigger word, e.g. ohwx.", kohya=False),

@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +238,19 @@ def test_one_click_prepare_tag_and_preset(tiny_wd14_dir, tmp_path):
         str(dest / "img"), str(dest / "model"), "")
     again = run_cli("tag", dest / "img/5_ohwx man", "--model-dir", tiny_wd14_dir)
     assert again.returncode == 0 and "tagged 0, skipped 1" in again.stdout
+
+
+def test_tagger_uses_the_hugging_face_cache_offline(tiny_wd14_dir, tmp_path, monkeypatch):
+    """A model in the HF cache loads without the network (the tests run offline)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--SmilingWolf--wd-vit-tagger-v3" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / "models--SmilingWolf--wd-vit-tagger-v3" / "refs").mkdir()
+    (cache / "models--SmilingWolf--wd-vit-tagger-v3" / "refs" / "main").write_text("0" * 40)
+    for name in ("model.onnx", "selected_tags.csv"):
+        (snapshot / name).write_bytes((tiny_wd14_dir / name).read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    tagger = load_wd14()
+    assert tagger.size == 32 and len(tagger.tags) == 10

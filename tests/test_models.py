@@ -13,7 +13,7 @@ from engine.models.safetensors_header import read_header
 from engine.models.text_encoders import load_clip_l, load_t5, load_tokenizers
 from engine.preset import default_values
 from tests.fixtures.models import (
-    tiny_flux_diffusers, write_tiny_ae, write_tiny_clip_l, write_tiny_flux, write_tiny_t5, write_tiny_tokenizers,
+    write_tiny_ae, write_tiny_clip_l, write_tiny_flux, write_tiny_t5, write_tiny_tokenizers,
 )
 
 

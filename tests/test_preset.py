@@ -220,7 +220,7 @@ def test_kohya_flux_config_imports_with_values_and_unused_keys(tmp_path):
               "model_list", "noise_offset", "sample_every_n_epochs", "sample_prompts", "sdxl",
               "split_mode", "v2", "xformers"]
     assert load_preset(source).unknown_keys == unused
-    assert f"note: Not used by FluxLoRA: additional_parameters, clip_skip" in result.stderr
+    assert "note: Not used by FluxLoRA: additional_parameters, clip_skip" in result.stderr
     assert "xformers (FluxLoRA always uses PyTorch SDPA attention)" in result.stderr
     assert "note: seed: empty in the file, the default 42 is used" in result.stderr
     assert "note: blocks_to_swap: '16' read as 16" in result.stderr

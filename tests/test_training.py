@@ -192,7 +192,7 @@ def test_fp8_base_with_bf16_and_gradient_checkpointing_trains(tiny_model_files, 
     assert any(t.abs().max() > 0 for k, t in tensors.items() if "lora_up" in k)
 
 
-@pytest.mark.parametrize("optimizer, scheduler", [("AdamW8bit", "cosine"), ("AdamW", "polynomial"),
+@pytest.mark.parametrize("optimizer, scheduler", [("AdamW8bit", "cosine"), ("AdamW", "polynomial"), ("Prodigy", "linear"),
                                                   ("Adafactor", "cosine_with_restarts")])
 def test_optimizers_and_schedulers(tiny_model_files, tmp_path, optimizer, scheduler):
     values = tiny_training_values(tiny_model_files, tmp_path, epoch=1, optimizer=optimizer, lr_scheduler=scheduler,
@@ -212,3 +212,19 @@ def test_failure_is_reported_not_raised(tiny_model_files, tmp_path):
     assert "this looks like the FLUX VAE (ae.safetensors); expected a FLUX.1 transformer" in result.message
     assert Path(result.log_path).is_file() and "expected a FLUX.1 transformer" in Path(result.log_path).read_text()
     assert isinstance(events[-1], Finished) and events[-1].log_path == result.log_path
+
+
+def test_max_train_steps_t5_mask_and_highvram(tiny_model_files, tmp_path):
+    values = tiny_training_values(tiny_model_files, tmp_path, epoch=5, max_train_steps=8, apply_t5_attn_mask=True,
+                                  highvram=True, save_every_n_epochs=1, t5xxl_max_token_length=48)
+    result = train(values)
+    # kohya's meaning: max_train_steps wins over epochs; 8 steps at 6 per epoch end inside epoch 2.
+    assert (result.status, result.steps, result.epoch) == ("completed", 8, 1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-000001.safetensors", "tiny-state",
+                                                                    "tiny.safetensors"]
+    # The T5 mask changes what the model sees: the same run without it gives another LoRA.
+    other = tiny_training_values(tiny_model_files, tmp_path / "unmasked", epoch=5, max_train_steps=8,
+                                 t5xxl_max_token_length=48)
+    train(other)
+    a, b = lora_tensors(tmp_path / "out/tiny.safetensors"), lora_tensors(tmp_path / "unmasked/out/tiny.safetensors")
+    assert not all(torch.equal(a[k], b[k]) for k in a)

@@ -102,8 +102,11 @@ def load_wd14(model_dir=None, repo_id: str = DEFAULT_REPO) -> WD14Tagger:
             raise TaggerError(f"tagger model folder {folder}: {' and '.join(missing)} missing; put the "
                               f"{MODEL_FILE} and {TAGS_FILE} of a WD14 model (e.g. {DEFAULT_REPO}) there")
         return WD14Tagger(folder / MODEL_FILE, folder / TAGS_FILE)
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    cached = [try_to_load_from_cache(repo_id, name) for name in (MODEL_FILE, TAGS_FILE)]
+    if all(isinstance(path, str) for path in cached):  # no network round trip when already cached
+        return WD14Tagger(*map(Path, cached))
     try:
         paths = [Path(hf_hub_download(repo_id, name)) for name in (MODEL_FILE, TAGS_FILE)]
     except Exception as exc:

@@ -17,7 +17,6 @@ import torch
 from engine.dataset.images import open_image_rgb
 from engine.events import (CACHING_LATENTS, CACHING_TEXT, LOADING, SAVING, TRAINING, Log, Progress, emit)
 from engine.fsutil import atomic_dir
-from engine.models.errors import ModelFileError
 from engine.train_state import RunRecord, StateError, TrainState, expected_step, fix_train_state, read_train_state, write_train_state
 from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
@@ -147,6 +146,21 @@ class TrainingRun:
         folder = Path(self.values["train_data_dir"]) / CACHE_FOLDER / kind if to_disk else None
         return EntryCache(folder)
 
+    @contextlib.contextmanager
+    def _visiting(self, model):
+        """Without highvram an uncached encoder lives in RAM and visits the GPU for each batch."""
+        if self.values["highvram"] or self.device.type != "cuda":
+            yield
+            return
+        model.to(self.device)
+        try:
+            yield
+        finally:
+            model.to("cpu")
+
+    def _parking(self):
+        return "cpu" if (self.device.type == "cuda" and not self.values["highvram"]) else self.device
+
     # ---- text encoders ----------------------------------------------------------------
     def _prepare_text(self) -> None:
         from engine.models.text_encoders import load_clip_l, load_t5, load_tokenizers
@@ -166,6 +180,8 @@ class TrainingRun:
         self.text_key = lambda caption: entry_key(kind="text", caption=caption, **identity)  # noqa: E731
         self.text_cache = self._cache("text", values["flux1_cache_text_encoder_outputs_to_disk"])
         if not values["flux1_cache_text_encoder_outputs"]:
+            self.clip.to(self._parking())
+            self.t5.to(self._parking())
             return
         captions = sorted({sample.caption for sample in self.samples})
         computed = 0
@@ -175,9 +191,10 @@ class TrainingRun:
                 computed += 1
             self.progress(CACHING_TEXT, index + 1, len(captions))
         self.log(f"text cache: {computed} computed, {len(captions) - computed} reused")
-        del self.clip, self.t5
-        self.clip = self.t5 = None
-        _free_memory()
+        if not values["highvram"]:
+            del self.clip, self.t5
+            self.clip = self.t5 = None
+            _free_memory()
 
     @torch.no_grad()
     def _encode_text(self, captions: list[str], squeeze: bool = False) -> dict[str, torch.Tensor]:
@@ -191,8 +208,9 @@ class TrainingRun:
         return {k: v[0] for k, v in out.items()} if squeeze else out
 
     def _text_batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        if self.clip is not None:
-            return self._encode_text([s.caption for s in samples])
+        if not self.values["flux1_cache_text_encoder_outputs"]:
+            with self._visiting(self.clip), self._visiting(self.t5):
+                return self._encode_text([s.caption for s in samples])
         entries = [self.text_cache.get(self.text_key(s.caption)) for s in samples]
         return {k: torch.stack([e[k] for e in entries]).to(self.device) for k in ("pooled", "t5", "mask")}
 
@@ -215,6 +233,7 @@ class TrainingRun:
         self.latent_key = key
         self.latent_cache = self._cache("latents", values["cache_latents_to_disk"])
         if not values["cache_latents"]:
+            self.vae.to(self._parking())
             return
         computed = 0
         for index, sample in enumerate(self.samples):
@@ -223,9 +242,10 @@ class TrainingRun:
                 computed += 1
             self.progress(CACHING_LATENTS, index + 1, len(self.samples))
         self.log(f"latent cache: {computed} computed, {len(self.samples) - computed} reused")
-        del self.vae
-        self.vae = None
-        _free_memory()
+        if not values["highvram"]:
+            del self.vae
+            self.vae = None
+            _free_memory()
 
     @torch.no_grad()
     def _encode_images(self, samples: list[Sample]) -> torch.Tensor:
@@ -242,8 +262,9 @@ class TrainingRun:
         return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
     def _latent_batch(self, samples: list[Sample]) -> torch.Tensor:
-        if self.vae is not None:
-            return self._encode_images(samples)
+        if not self.values["cache_latents"]:
+            with self._visiting(self.vae):
+                return self._encode_images(samples)
         return torch.stack([self.latent_cache.get(self.latent_key(s))["latent"] for s in samples]).to(self.device)
 
     # ---- transformer and LoRA ---------------------------------------------------------
