@@ -117,13 +117,15 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
 def test_optimizer_state_formula_matches_the_optimizers():
     import bitsandbytes
     import torch
+    from prodigyopt import Prodigy
     from transformers.optimization import Adafactor
 
     shapes = [(8, 1024), (3072, 8), (4, 100)]  # two LoRA matrices and one under bitsandbytes' 4096 minimum
     cases = [("AdamW", "", lambda ps: torch.optim.AdamW(ps, lr=1e-3)),
              ("AdamW8bit", "", lambda ps: bitsandbytes.optim.AdamW8bit(ps, lr=1e-3)),
              ("Adafactor", "relative_step=False", lambda ps: Adafactor(ps, lr=1e-3, relative_step=False)),
-             ("Adafactor", "beta1=0.9", lambda ps: Adafactor(ps, lr=1e-3, relative_step=False, beta1=0.9))]
+             ("Adafactor", "beta1=0.9", lambda ps: Adafactor(ps, lr=1e-3, relative_step=False, beta1=0.9)),
+             ("Prodigy", "", lambda ps: Prodigy(ps, lr=1.0))]
     for name, args, make in cases:
         params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
         optimizer = make(params)
