@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,11 +13,11 @@ from tests.fixtures.models import write_tiny_flux
 from tests.test_models import flux_inputs
 
 
-def swapped_model(tmp_path, count, trace=None, checkpointing=True):
+def swapped_model(tmp_path, count, trace=None, checkpointing=True, fp8=False):
     path = tmp_path / "flux.safetensors"
     if not path.exists():
         write_tiny_flux(path, num_double=2, num_single=3, dtype=torch.float32)
-    model = load_flux_transformer(path, compute_dtype=torch.float32)
+    model = load_flux_transformer(path, fp8=fp8, compute_dtype=torch.bfloat16 if fp8 else torch.float32)
     torch.manual_seed(0)
     add_lora(model, 4, 4.0)
     with torch.no_grad():
@@ -29,9 +30,9 @@ def swapped_model(tmp_path, count, trace=None, checkpointing=True):
     return model, swapper
 
 
-def forward_backward(model):
+def forward_backward(model, dtype=torch.float32):
     with BlockSwapper.forward_context():
-        out = model(**flux_inputs()).sample
+        out = model(**flux_inputs(dtype)).sample
         out.square().mean().backward()
     return out.detach(), [p.grad.clone() for p in lora_parameters(model)]
 
@@ -65,13 +66,20 @@ def test_swap_schedule_with_checkpointing(tmp_path):
     assert weight.data_ptr() == swapper.home[weight].data_ptr()
 
 
-def test_swapped_forward_and_gradients_equal_unswapped(tmp_path):
-    plain, _ = swapped_model(tmp_path, 0)
-    swapped, _ = swapped_model(tmp_path, 3)
-    out_plain, grads_plain = forward_backward(plain)
-    out_swapped, grads_swapped = forward_backward(swapped)
+@pytest.mark.parametrize("fp8", [False, True])
+def test_swapped_forward_and_gradients_equal_unswapped(tmp_path, fp8):
+    # fp8: diffusers' layer-wise casting hooks run inside our block hooks (weights float8, compute bf16).
+    dtype = torch.bfloat16 if fp8 else torch.float32
+    plain, _ = swapped_model(tmp_path, 0, fp8=fp8)
+    swapped, swapper = swapped_model(tmp_path, 3, fp8=fp8)
+    assert len(swapper.swapped) == 4
+    out_plain, grads_plain = forward_backward(plain, dtype)
+    out_swapped, grads_swapped = forward_backward(swapped, dtype)
     assert torch.equal(out_plain, out_swapped)
     assert all(torch.equal(a, b) for a, b in zip(grads_plain, grads_swapped))
+    weight = swapped.single_transformer_blocks[2].proj_mlp.base_layer.weight
+    assert weight.dtype == (torch.float8_e4m3fn if fp8 else torch.float32)
+    assert weight.data_ptr() == swapper.home[weight].data_ptr()
 
 
 def test_training_with_swapped_blocks_equals_plain_training(tiny_model_files, tmp_path):
