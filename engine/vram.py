@@ -2,11 +2,10 @@
 
 The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16, 4 for "no"):
 - base weights resident: every transformer tensor outside the swapped blocks, in the dtype the
-  loader gives it. With fp8 that is float8 for the Linear layers diffusers' layer-wise casting
-  covers and the compute dtype for the rest, notably the AdaLN modulation Linears (their names
-  contain "norm", which diffusers' default skip pattern keeps out of fp8): about 3.2 GB of
-  FLUX.1-dev stays 16-bit. We get the dtypes by building the model on the meta device exactly as
-  `engine.models.flux.load_flux_transformer` does, so the estimate follows the loader.
+  loader gives it. With fp8 that is float8 for the blocks' Linear layers (AdaLN modulation
+  included) and the compute dtype for norms, embedders and the output layer. We get the dtypes
+  by building the model on the meta device with the loader's own `apply_fp8_storage`, so the
+  estimate follows the loader.
 - streamed blocks: with `blocks_to_swap` (kohya's count, `engine.offload.swap_plan`), at most
   two swapped blocks are on the GPU at once (the one computing, the one prefetched): the two
   largest. So swapping 1 (two single blocks) saves nothing; 2 and up do.
@@ -178,10 +177,12 @@ def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
+    from engine.models.flux import apply_fp8_storage
+
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config(arch.diffusers_config())
     if fp8:
-        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        apply_fp8_storage(model, torch.bfloat16)
 
     def size(module) -> tuple[int, int]:
         params = list(module.parameters())

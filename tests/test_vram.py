@@ -57,6 +57,13 @@ def test_stored_bytes_match_a_loaded_fp8_model(tmp_path):
     write_tiny_flux(path, width=48, num_double=2, num_single=3)
     model = load_flux_transformer(path, fp8=True, compute_dtype=torch.bfloat16)
     stored = stored_weight_bytes(infer_flux_architecture(read_header(path).shapes()), True, 2)
+    # The AdaLN modulation Linears are fp8 like sd-scripts' (diffusers' skip list would keep them
+    # 16-bit); norms and the output layer stay wide.
+    fp8 = torch.float8_e4m3fn
+    assert model.transformer_blocks[0].norm1.linear.weight.dtype == fp8
+    assert model.transformer_blocks[0].norm1_context.linear.weight.dtype == fp8
+    assert model.single_transformer_blocks[0].norm.linear.weight.dtype == fp8
+    assert model.norm_out.linear.weight.dtype == model.proj_out.weight.dtype == torch.bfloat16
 
     def size(module):
         return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -143,13 +143,28 @@ def convert_tensor(how, tensor: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.split(tensor, how, dim=0))
 
 
+# diffusers' own FLUX skip list ("norm") would also keep the AdaLN modulation Linears
+# (norm1.linear, norm1_context.linear, norm.linear) 16-bit: 3.2 GB of FLUX.1-dev, which decides
+# whether a 12 GB card fits. sd-scripts' fp8 base stores them in fp8 too; so do we. The pattern is
+# matched against each module name on the way down, so it must let the AdaLN parents through.
+FP8_SKIP_PATTERNS = ("pos_embed", "patch_embed", r"norm(?!(1|1_context)?(\.linear)?$)",
+                     "^proj_in$", "^proj_out$")
+
+
+def apply_fp8_storage(model, compute_dtype: torch.dtype) -> None:
+    """Layer-wise casting: Linear weights live in float8_e4m3fn and compute in `compute_dtype`."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(model, torch.float8_e4m3fn, compute_dtype, FP8_SKIP_PATTERNS)
+
+
 def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype: torch.dtype = torch.bfloat16,
                           device: str | torch.device = "cpu"):
     """Build diffusers' FluxTransformer2DModel from a BFL single file, fully offline.
 
-    fp8: weights of the Linear layers are stored as float8_e4m3fn and computed in
-    `compute_dtype` (diffusers layer-wise casting); norms, embeddings and the output layer
-    keep `compute_dtype`, as diffusers' skip patterns say.
+    fp8: weights of the Linear layers, the AdaLN modulation ones included, are stored as
+    float8_e4m3fn and computed in `compute_dtype` (diffusers layer-wise casting); norms,
+    embeddings and the output layer keep `compute_dtype` (see apply_fp8_storage).
     """
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
@@ -162,7 +177,7 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     if fp8:
         # On the meta model this only records the storage dtype per parameter, so each
         # tensor below is read straight into the dtype it will live in.
-        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+        apply_fp8_storage(model, compute_dtype)
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []
