@@ -2,26 +2,47 @@
 copy them to the GPU just before each use (forward, checkpoint recompute), prefetching the
 next block on a side CUDA stream so the copy overlaps the current block's compute.
 
-Our own hooks rather than diffusers' group offloading: group offloading moves every parameter
-of a block, the trainable LoRA weights included, so their gradients and optimizer state would
-end up on a different device than the weights. Here only frozen base tensors move; LoRA
-parameters stay on the GPU. A weight that autograd saved for the backward pass stays alive
-through that reference alone, so correctness never depends on the copy still being present.
+Which blocks: kohya's meaning of the number (sd-scripts' FLUX `enable_block_swap`): N swaps
+N // 2 double blocks and (N - N // 2) * 2 single blocks (a double block is about twice a single
+one), the last ones of each kind. We cap at all but the first double block (sd-scripts leaves
+two of each kind; our prefetch needs only one resident block to start from).
+
+Our own hooks rather than diffusers' group offloading (diffusers 0.42,
+hooks/group_offloading.py, read for this): with streams it snapshots every parameter of a
+group into pinned RAM once, at setup, and "offloads" by pointing `param.data` back at that
+snapshot. For training that loses the optimizer's updates to the LoRA weights (peft puts them
+inside the blocks) at the next offload, and between offload and the optimizer step the LoRA
+weights sit in RAM while their gradients are on the GPU. Without streams it moves whole modules,
+LoRA included, so nothing overlaps. Here only frozen base tensors move; LoRA parameters stay on
+the GPU. A weight that autograd saved for the backward pass stays alive through that reference
+alone, so correctness never depends on the copy still being present.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.utils.checkpoint
 
 
+def swap_plan(blocks_to_swap: int, num_double: int, num_single: int) -> tuple[int, int]:
+    """(double blocks, single blocks) that `blocks_to_swap` keeps in RAM, kohya's way, capped."""
+    double = min(blocks_to_swap // 2, num_double - 1)
+    single = min((blocks_to_swap - blocks_to_swap // 2) * 2, num_single)
+    return double, single
+
+
 class BlockSwapper:
-    def __init__(self, transformer, count: int, device: torch.device, trace: list | None = None):
-        blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-        count = min(count, len(blocks) - 1)
+    def __init__(self, transformer, blocks_to_swap: int, device: torch.device, trace: list | None = None):
+        double_blocks = list(transformer.transformer_blocks)
+        single_blocks = list(transformer.single_transformer_blocks)
+        double, single = swap_plan(blocks_to_swap, len(double_blocks), len(single_blocks))
+        blocks = double_blocks + single_blocks
         self.device = torch.device(device)
         self.order = blocks  # forward order
-        self.swapped = blocks[len(blocks) - count:] if count else []  # like sd-scripts: the last blocks
+        # The last blocks of each kind, like sd-scripts.
+        self.swapped = double_blocks[len(double_blocks) - double:] + single_blocks[len(single_blocks) - single:]
         self.trace = trace  # (event, block index) pairs, for tests and debugging
         self.stream = torch.cuda.Stream() if self.device.type == "cuda" else None
         self.home: dict[torch.nn.Parameter, torch.Tensor] = {}  # base weight -> its RAM copy
@@ -63,16 +84,21 @@ class BlockSwapper:
         index = self.order.index(module)
         if index in self.pending:
             return
-        context = torch.cuda.stream(self.stream) if (use_stream and self.stream) else _null()
-        with context:
+        side = self.stream if use_stream else None
+        compute = torch.cuda.current_stream(self.device) if side is not None else None
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             for parameter in self._base(module):  # always a fresh copy, so RAM copies stay untouched
                 parameter.data = self.home[parameter].to(self.device, non_blocking=True, copy=True)
-        if self.stream is not None and use_stream:
+                if side is not None:
+                    # Made on the side stream, read and freed on the compute stream: without this
+                    # the allocator could hand the memory to the next prefetch while the compute
+                    # stream still reads it.
+                    parameter.data.record_stream(compute)
+        event = None
+        if side is not None:
             event = torch.cuda.Event()
-            event.record(self.stream)
-            self.pending[index] = event
-        else:
-            self.pending[index] = None
+            event.record(side)
+        self.pending[index] = event
         self._record("onload", index)
 
     def _before(self, module, args):
@@ -105,10 +131,3 @@ class BlockSwapper:
         return sum(1 for module in self.swapped
                    if any(p.data_ptr() != self.home[p].data_ptr() for p in self._base(module)))
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -1,22 +1,40 @@
 """Predicted peak GPU memory of a training run, from file headers only (no weights loaded).
 
-The model, part by part (bytes):
-- base weights resident: every transformer tensor not in a swapped block; Linear weights take
-  1 byte with fp8 base, everything else the compute dtype (2 bytes; 4 with mixed precision "no");
-- streamed blocks: with `blocks_to_swap`, two of the largest swapped blocks are on the GPU at
-  once (the one computing and the one being prefetched);
-- LoRA: fp32 weights and gradients (8 bytes per parameter) plus the optimizer's state (AdamW 8,
-  AdamW8bit 2, Prodigy 16 bytes per parameter; Adafactor's factored moments, rows + columns);
-- activations: per image token and text token, with gradient checkpointing each block keeps its
-  input (width x 2 bytes) and one block is recomputed at a time (about 24 x width x 2 bytes per
-  token, attention by SDPA so no token x token matrix); without it every block keeps the lot;
-- text encoders and VAE: only when their outputs are not cached or `highvram` keeps them;
-- CUDA context and workspace: a fixed 0.6 GiB (cuBLAS workspace, allocator slack).
-These are estimates; `benchmarks/gpu_12gb.py` measures the real peak on a GPU.
+The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16, 4 for "no"):
+- base weights resident: every transformer tensor outside the swapped blocks, in the dtype the
+  loader gives it. With fp8 that is float8 for the blocks' Linear layers (AdaLN modulation
+  included) and the compute dtype for norms, embedders and the output layer. We get the dtypes
+  by building the model on the meta device with the loader's own `apply_fp8_storage`, so the
+  estimate follows the loader.
+- streamed blocks: with `blocks_to_swap` (kohya's count, `engine.offload.swap_plan`), at most
+  two swapped blocks are on the GPU at once (the one computing, the one prefetched): the two
+  largest. So swapping 1 (two single blocks) saves nothing; 2 and up do.
+- compute copies of fp8 weights: layer-wise casting makes a compute-dtype copy of each fp8
+  weight while its layer runs, and autograd keeps it for the backward pass: one block's worth
+  with gradient checkpointing (the block being recomputed), every block's without.
+- LoRA weights + gradients: fp32 (bf16 with `full_bf16`), twice.
+- optimizer state per LoRA tensor: AdamW 2 moments in the LoRA dtype; AdamW8bit (bitsandbytes)
+  2 x 1 byte plus a float32 absmax per 256 values, tensors under 4096 values keep 32-bit
+  state; Adafactor (transformers, factored) one float per row and per column, plus a full
+  first moment only when `beta1` is given; Prodigy 4 tensors the size of the weights.
+- activations, per token (image tokens (W/16)(H/16) plus T5 tokens, times the batch), as
+  measured with autograd's saved-tensor hooks on diffusers 0.42's blocks with sd-scripts' LoRA
+  layers (tests/test_vram.py checks the formula against that measurement): a double block
+  saves (27 w + 6 r) c + 12 h bytes, a single block (24 w + 5 r) c + 12 h (w width, r rank,
+  h heads; SDPA keeps only its output and log-sum-exp, never a token x token matrix). With
+  gradient checkpointing each block keeps only its input (w c per token) and one block is
+  recomputed at a time, plus a backward working set of about 8 w c per token (the gradient of
+  the widest intermediate, a single block's 7 w fused projection, and of the block output);
+  without checkpointing every block keeps its saved tensors.
+- text encoders and VAE: when their outputs are not cached, or `highvram` keeps them.
+- CUDA context: 0.45 GiB outside PyTorch's allocator (driver, kernels; varies by driver and card).
+- workspace + allocator slack: cuBLAS workspaces and fragmentation, 64 MiB + 5% of the tensors.
+These are estimates; `benchmarks/gpu_12gb.py` measures the real peak on a GPU and compares.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +42,11 @@ from engine.models.flux import NAMED_ARCHITECTURES, FluxArchitecture, infer_flux
 from engine.preset import parse_resolution
 
 GIB = 1024 ** 3
-CONTEXT_BYTES = int(0.6 * GIB)
+CONTEXT_BYTES = int(0.45 * GIB)
+WORKSPACE_BYTES = 64 * 1024 ** 2
 T5_XXL_BYTES_BF16 = 9_524_621_312  # 4.76 G parameters
 CLIP_L_BYTES_BF16 = 246_144_352
 FLUX_VAE_BYTES_BF16 = 167_666_902
-_OPTIMIZER_BYTES = {"AdamW": 8, "AdamW8bit": 2, "Prodigy": 16}
 
 
 @dataclass
@@ -89,53 +107,116 @@ def resolve_architecture(values: dict, arch_name: str | None = None) -> tuple[Fl
 
 
 def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name: str | None = None) -> VramEstimate:
+    """Predicted peak GPU memory of training with these preset values; parts sum to `total`."""
+    from engine.offload import swap_plan
+
     if arch is None:
         arch, label = resolve_architecture(values, arch_name)
     else:
         label = arch_name or "given architecture"
     estimate = VramEstimate(architecture=label)
+    model = values.get("pretrained_model_name_or_path", "")
+    if model and not Path(model).is_file():
+        estimate.notes.append(f"{model} not found: assuming the {label} architecture")
+    parts = estimate.parts
     compute = 4 if values["mixed_precision"] == "no" else 2
-    weight_bytes = 1 if (values["fp8_base"] or values["fp8_base_unet"]) else compute
-    double, single, rest = block_parameters(arch)
-    double_bytes = double["linear"] * weight_bytes + double["other"] * compute
-    single_bytes = single["linear"] * weight_bytes + single["other"] * compute
-    blocks = [double_bytes] * arch.num_double + [single_bytes] * arch.num_single
-    swapped = min(values["blocks_to_swap"], len(blocks) - 1)
-    # Like sd-scripts, swapping takes blocks from the end (single blocks first).
-    kept, moved = blocks[:len(blocks) - swapped], blocks[len(blocks) - swapped:]
-    estimate.parts["base weights resident"] = sum(kept) + rest * compute
-    estimate.parts["streamed blocks"] = 2 * max(moved) if moved else 0
-    if swapped != values["blocks_to_swap"]:
-        estimate.notes.append(f"blocks_to_swap {values['blocks_to_swap']} capped at {swapped} (this model has {len(blocks)} blocks)")
+    fp8 = bool(values["fp8_base"] or values["fp8_base_unet"])
+    weights = stored_weight_bytes(arch, fp8, compute)
 
+    double, single = swap_plan(values["blocks_to_swap"], arch.num_double, arch.num_single)
+    if (double, single) != swap_plan(values["blocks_to_swap"], 10 ** 6, 10 ** 6):
+        estimate.notes.append(f"blocks_to_swap {values['blocks_to_swap']} swaps {double} double and {single} single "
+                              f"blocks, all this model allows")
+    kept = weights.double[:arch.num_double - double] + weights.single[:arch.num_single - single]
+    moved = weights.double[arch.num_double - double:] + weights.single[arch.num_single - single:]
+    parts["base weights resident"] = sum(kept) + weights.rest
+    parts["streamed blocks"] = sum(sorted(moved)[-2:])  # at most two swapped blocks on the GPU at once
+    checkpointing = values["gradient_checkpointing"]
+    cast = weights.fp8_params
+    parts["compute copies of fp8 weights"] = compute * (max(cast) if checkpointing else sum(cast)) if fp8 else 0
+
+    lora_bytes = 2 if values["full_bf16"] else 4
     count, shapes = lora_parameter_count(arch, values["network_dim"], values["train_blocks"])
-    optimizer = values["optimizer"]
-    if optimizer == "Adafactor":
-        state = sum((rows + cols) * 4 for rows, cols in shapes)
-    else:
-        state = count * _OPTIMIZER_BYTES[optimizer]
-    estimate.parts["LoRA weights + gradients"] = count * 8
-    estimate.parts["optimizer state"] = state
+    parts["LoRA weights + gradients"] = 2 * lora_bytes * count
+    parts["optimizer state"] = optimizer_state_bytes(values["optimizer"], values["optimizer_args"], shapes, lora_bytes)
 
     width, height = parse_resolution(values["max_resolution"])
-    image_tokens = (width // 16) * (height // 16)
-    tokens = (image_tokens + values["t5xxl_max_token_length"]) * values["train_batch_size"]
-    per_block_working = tokens * 24 * arch.width * compute
-    block_count = len(blocks)
-    if values["gradient_checkpointing"]:
-        activations = block_count * tokens * arch.width * compute + per_block_working
+    tokens = ((width // 16) * (height // 16) + values["t5xxl_max_token_length"]) * values["train_batch_size"]
+    saved_double, saved_single = block_activation_bytes(arch, values["network_dim"], compute)
+    if checkpointing:
+        block_inputs = (arch.num_double + arch.num_single) * arch.width * compute
+        activations = tokens * (block_inputs + max(saved_double, saved_single) + 8 * arch.width * compute)
     else:
-        activations = block_count * per_block_working
-    estimate.parts["activations"] = activations
+        activations = tokens * (arch.num_double * saved_double + arch.num_single * saved_single)
+    parts["activations"] = activations
 
     encoders = 0
     if values["highvram"] or not values["flux1_cache_text_encoder_outputs"]:
         encoders += T5_XXL_BYTES_BF16 + CLIP_L_BYTES_BF16
     if values["highvram"] or not values["cache_latents"]:
         encoders += FLUX_VAE_BYTES_BF16
-    estimate.parts["text encoders + VAE"] = encoders
-    estimate.parts["CUDA context + workspace"] = CONTEXT_BYTES
+    parts["text encoders + VAE"] = encoders
+    parts["workspace + allocator slack"] = WORKSPACE_BYTES + sum(parts.values()) // 20
+    parts["CUDA context"] = CONTEXT_BYTES
     return estimate
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    double: list[int]  # bytes of each double block as stored
+    single: list[int]
+    rest: int  # embedders, final layer
+    fp8_params: list[int]  # float8 parameters per block (each gets a compute copy while it runs)
+
+
+@functools.lru_cache(maxsize=16)
+def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -> StoredWeights:
+    """What the transformer occupies, dtype by dtype as load_flux_transformer stores it: the same
+    model built on the meta device (no memory), with the same layer-wise casting."""
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+
+    from engine.models.flux import apply_fp8_storage
+
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(arch.diffusers_config())
+    if fp8:
+        apply_fp8_storage(model, torch.bfloat16)
+
+    def size(module) -> tuple[int, int]:
+        params = list(module.parameters())
+        low = sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn)
+        return low + (sum(p.numel() for p in params) - low) * compute_bytes, low
+
+    double = [size(block) for block in model.transformer_blocks]
+    single = [size(block) for block in model.single_transformer_blocks]
+    total, _ = size(model)
+    rest = total - sum(b for b, _ in double + single)
+    return StoredWeights([b for b, _ in double], [b for b, _ in single], rest, [n for _, n in double + single])
+
+
+def block_activation_bytes(arch: FluxArchitecture, rank: int, compute_bytes: int) -> tuple[int, int]:
+    """Bytes per token that autograd saves in one (double, single) block, LoRA layers included."""
+    w, heads = arch.width, arch.num_heads
+    return (27 * w + 6 * rank) * compute_bytes + 12 * heads, (24 * w + 5 * rank) * compute_bytes + 12 * heads
+
+
+def optimizer_state_bytes(optimizer: str, optimizer_args: str, shapes: list[tuple[int, int]], lora_bytes: int) -> int:
+    from engine.training.optim import parse_optimizer_args
+
+    sizes = [rows * cols for rows, cols in shapes]
+    if optimizer == "AdamW":
+        return sum(2 * n * lora_bytes for n in sizes)
+    if optimizer == "AdamW8bit":
+        return sum(2 * n + 2 * 4 * -(-n // 256) if n >= 4096 else 2 * 4 * n for n in sizes) + 2 * 256 * 4
+    if optimizer == "Adafactor":
+        first_moment = parse_optimizer_args(optimizer_args).get("beta1") is not None
+        return sum((rows + cols) * lora_bytes + (rows * cols * lora_bytes if first_moment else 0)
+                   for rows, cols in shapes)
+    if optimizer == "Prodigy":
+        return sum(4 * n * lora_bytes for n in sizes)
+    raise ValueError(f"optimizer: {optimizer!r} is not supported")
 
 
 def detected_gpu_memory() -> int | None:

@@ -151,6 +151,17 @@ def convert_tensor(how, tensor: torch.Tensor) -> list[torch.Tensor]:
     return list(torch.split(tensor, how, dim=0))
 
 
+# diffusers' own FLUX skip list ("norm") would also keep the AdaLN modulation Linears
+# (norm1.linear, norm1_context.linear, norm.linear) 16-bit: 3.2 GB of FLUX.1-dev, which decides
+# whether a 12 GB card fits. sd-scripts' fp8 base stores them in fp8 too; so do we. The pattern is
+# matched against each module name on the way down, so it must let the AdaLN parents through.
+def apply_fp8_storage(model, compute_dtype: torch.dtype) -> None:
+    """Layer-wise casting: Linear weights live in float8_e4m3fn and compute in `compute_dtype`."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(model, torch.float8_e4m3fn, compute_dtype, skip_modules_pattern=KEEP_WIDE_IN_FP8)
+
+
 def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype: torch.dtype = torch.bfloat16,
                           device: str | torch.device = "cpu"):
     """Build diffusers' FluxTransformer2DModel from a BFL single file, fully offline.
@@ -162,7 +173,6 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from diffusers import FluxTransformer2DModel
-    from diffusers.hooks import apply_layerwise_casting
     path = Path(path)
     header = read_header(path, EXPECTED)
     arch = infer_flux_architecture(header.shapes(), source=str(path))
@@ -171,7 +181,7 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     if fp8:
         # On the meta model this only records the storage dtype per parameter, so each
         # tensor below is read straight into the dtype it will live in.
-        apply_layerwise_casting(model, torch.float8_e4m3fn, compute_dtype, skip_modules_pattern=KEEP_WIDE_IN_FP8)
+        apply_fp8_storage(model, compute_dtype)
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []

@@ -308,7 +308,9 @@ class TrainingRun:
 
             self.swapper = BlockSwapper(transformer, swap, self.device)
             BlockSwapper.move_rest(transformer, self.device)
-            self.log(f"{len(self.swapper.swapped)} transformer blocks stay in system RAM and stream to {self.device}")
+            double = sum(1 for block in self.swapper.swapped if block in transformer.transformer_blocks)
+            self.log(f"blocks_to_swap {swap}: {double} double and {len(self.swapper.swapped) - double} single "
+                     f"transformer blocks stay in system RAM and stream to {self.device}")
         transformer.train()
         self.params = lora_parameters(transformer)
         optimizer = create_optimizer(values, self.params)
