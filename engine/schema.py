@@ -195,7 +195,8 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("train_blocks", "str", "all", FLUX, "Train blocks",
       "Which transformer blocks get LoRA layers.", choices=("all", "single", "double")),
     O("blocks_to_swap", "int", 0, FLUX, "Blocks to swap",
-      "Transformer blocks kept in system RAM and streamed to the GPU when needed "
+      "Keep part of the transformer in system RAM and stream it to the GPU when needed, counted "
+      "as kohya does: N//2 double blocks plus 2 single blocks per remaining unit "
       "(12 GB: 16, 10 GB: 22, 8 GB: 28).", minimum=0, maximum=120),
     O("mem_eff_save", "bool", True, FLUX, "Memory-efficient save",
       "Stream LoRA files to disk without a second copy in memory."),
