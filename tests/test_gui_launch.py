@@ -15,25 +15,25 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_gui_command_serves_the_page_and_warns_when_listening_openly(tmp_path):
+def test_gui_command_binds_the_given_host_and_warns_without_credentials(tmp_path):
+    """`fluxlora gui --listen HOST` binds HOST and warns that anyone there can train."""
     port = free_port()
-    env = dict(os.environ, FLUXLORA_HOME=str(tmp_path))
-    process = subprocess.Popen([sys.executable, "-m", "engine", "gui", "--listen", "0.0.0.0", "--server_port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, FLUXLORA_HOME=str(tmp_path), GRADIO_ANALYTICS_ENABLED="False")
+    process = subprocess.Popen([sys.executable, "-m", "engine", "gui", "--listen", "127.0.0.2", "--server_port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        status = None
-        while time.time() < deadline and status is None:
+        deadline, status = time.monotonic() + 90, None
+        while status is None and time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.2:{port}/", timeout=2) as response:
                     status = response.status
             except OSError:
                 time.sleep(0.2)
         assert status == 200
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=20)
-    assert "warning: listening on 0.0.0.0 without --username/--password" in stderr
+        stderr = process.communicate(timeout=30)[1]
+    assert "warning: listening on 127.0.0.2 without --username/--password" in stderr
 
 
 def test_gui_command_needs_both_credentials(tmp_path):
