@@ -158,6 +158,15 @@ def lora_model(tmp_path, rank=4, alpha=2.0, train_blocks="all", seed=0):
     return model
 
 
+def assert_loads_exactly(model, path, tmp_path, **fresh_settings):
+    """A fresh model with other random adapters, loaded from `path`, computes what `model` does."""
+    fresh = lora_model(tmp_path, **fresh_settings)
+    load_lora(fresh, path)
+    inputs = flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+
+
 def test_lora_layers_dtype_and_fused_layout(tmp_path):
     model = lora_model(tmp_path)
     params = lora_parameters(model)
@@ -187,11 +196,7 @@ def test_saved_lora_reloads_exactly(tmp_path, mem_eff):
         assert handle.metadata() == metadata
         for key, tensor in lora_state_dict(model).items():
             assert torch.equal(handle.get_tensor(key), tensor), key
-    fresh = lora_model(tmp_path, seed=7)
-    load_lora(fresh, path)
-    inputs = flux_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+    assert_loads_exactly(model, path, tmp_path, seed=7)
 
 
 def test_metadata_holds_the_sd_scripts_keys_as_strings():
@@ -226,11 +231,7 @@ def test_diffusers_peft_layout_loads_exactly(tmp_path):
                   for k, v in get_peft_model_state_dict(model).items()}
     path = tmp_path / "peft.safetensors"
     save_file(peft_state, str(path))
-    fresh = lora_model(tmp_path, seed=3)
-    load_lora(fresh, path)
-    inputs = flux_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+    assert_loads_exactly(model, path, tmp_path, seed=3)
 
 
 def test_diffusers_kohya_converter_accepts_our_file_at_flux_dev_width(tmp_path):
@@ -297,11 +298,7 @@ def test_bfl_names_with_peft_suffixes_load_exactly(tmp_path):
     assert "diffusion_model.single_blocks.1.modulation.lin.lora_A.weight" in bfl
     path = tmp_path / "bfl-peft.safetensors"
     save_file(bfl, str(path))
-    fresh = lora_model(tmp_path, seed=5)
-    load_lora(fresh, path)
-    inputs = flux_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+    assert_loads_exactly(model, path, tmp_path, seed=5)
 
 
 def test_kohya_suffixes_on_diffusers_names_load_exactly(tmp_path):
@@ -316,11 +313,7 @@ def test_kohya_suffixes_on_diffusers_names_load_exactly(tmp_path):
         state[f"{flat}.alpha"] = torch.tensor(8.0)
     path = tmp_path / "lora-transformer.safetensors"
     save_file(state, str(path))
-    fresh = lora_model(tmp_path, rank=4, alpha=1.0, seed=9)  # a different alpha is folded into lora_up
-    load_lora(fresh, path)
-    inputs = flux_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).sample, model(**inputs).sample, atol=1e-6, rtol=0)
+    assert_loads_exactly(model, path, tmp_path, rank=4, alpha=1.0, seed=9)  # a different alpha is folded into lora_up
 
 
 def test_lora_of_fewer_blocks_loads_with_the_rest_adding_nothing(tmp_path):
