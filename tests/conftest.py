@@ -1,4 +1,4 @@
-"""Test-wide setup: no network, no telemetry. Tiny-model fixtures live in tests/fixtures/."""
+"""Test-wide setup: no network, no telemetry, few threads. Tiny-model fixtures live in tests/fixtures/."""
 
 import os
 
@@ -7,6 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Tiny models gain nothing from many threads, and oversubscribed cores make a busy machine's run
+# 10x slower. Child processes (CLI runs, torchrun) inherit these.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after the thread variables, so its pools start small)
+
+torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
 
 # Fixture modules, one per area (tiny models, tiny tagger, ...); add yours to this list.
 pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.tagger"]
