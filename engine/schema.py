@@ -70,6 +70,7 @@ SCHEDULERS = (
     "cosine",
     "cosine_with_restarts",
     "polynomial",
+    "adafactor",
 )
 # kohya users' Adafactor arguments (a fixed learning rate instead of Adafactor's own).
 ADAFACTOR_ARGS = "relative_step=False scale_parameter=False warmup_init=False"
@@ -134,8 +135,12 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("optimizer", "str", "Adafactor", BASIC, "Optimizer", "The optimizer.",
       choices=OPTIMIZERS),
     O("optimizer_args", "str", ADAFACTOR_ARGS, BASIC, "Optimizer extra arguments",
-      "Space-separated key=value pairs, e.g. relative_step=False scale_parameter=False."),
-    O("lr_scheduler", "str", "constant", BASIC, "LR scheduler", "Learning-rate schedule.",
+      "Space-separated key=value pairs passed to the optimizer, e.g. relative_step=False "
+      "scale_parameter=False. Adafactor without relative_step=False sets its own step size "
+      "(sd-scripts' default): the learning rate is then only the start of its schedule."),
+    O("lr_scheduler", "str", "constant", BASIC, "LR scheduler",
+      "Learning-rate schedule. 'adafactor' is Adafactor's own (relative_step=True), which "
+      "Adafactor with relative_step=True always uses, as in sd-scripts.",
       choices=SCHEDULERS),
     O("lr_warmup", "float", 0.0, BASIC, "LR warmup (% of steps)",
       "Warmup as a percentage of all steps; used when LR warmup steps is 0.",

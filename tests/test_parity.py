@@ -116,3 +116,63 @@ def test_network_alpha_0_means_alpha_equals_rank(tmp_path, rank):
     load_lora(again, path)
     for key, tensor in lora_state_dict(model).items():
         assert torch.equal(lora_state_dict(again)[key], tensor), key
+
+
+# ---- Adafactor's arguments, as sd-scripts' get_optimizer / get_scheduler_fix read them ----------
+def preset(**changes):
+    from engine.preset import default_values
+
+    values = default_values()
+    values.update(changes)
+    return values
+
+
+def test_adafactor_without_arguments_takes_its_relative_step_and_schedule():
+    from transformers.optimization import AdafactorSchedule
+
+    from engine.training.optim import create_optimizer, create_scheduler, optimizer_problems
+
+    values = preset(optimizer="Adafactor", optimizer_args="", learning_rate=3e-4, unet_lr=1e-4, lr_scheduler="cosine")
+    assert optimizer_problems(values) == []
+    parameter = torch.nn.Parameter(torch.full((4, 4), 0.5))
+    optimizer = create_optimizer(values, [parameter])
+    group = optimizer.param_groups[0]
+    # transformers' defaults except relative_step forced on: lr None, scale_parameter True.
+    assert (group["lr"], group["relative_step"], group["scale_parameter"], group["warmup_init"]) == (
+        None, True, True, False)
+    scheduler = create_scheduler(values, optimizer, total_steps=10)
+    assert isinstance(scheduler, AdafactorSchedule)
+    assert scheduler.get_last_lr() == [3e-4]  # learning_rate as initial_lr (not unet_lr), until the first step
+    parameter.grad = torch.ones(4, 4)
+    optimizer.step()
+    scheduler.step()
+    # Step 1: min(1e-2, 1/sqrt(1)) times the parameter's RMS (0.5), as scale_parameter=True.
+    assert scheduler.get_last_lr() == [pytest.approx(5e-3)]
+
+
+def test_adafactor_fixed_lr_and_warmup_init_as_sd_scripts_reads_them():
+    from engine.training.optim import create_optimizer, optimizer_arguments
+
+    fixed = preset(optimizer="Adafactor", optimizer_args="relative_step=False scale_parameter=False warmup_init=False",
+                   unet_lr=2e-4)
+    group = create_optimizer(fixed, [torch.nn.Parameter(torch.zeros(2, 2))]).param_groups[0]
+    assert (group["lr"], group["relative_step"], group["scale_parameter"]) == (2e-4, False, False)
+    # warmup_init=True switches relative_step on (sd-scripts does, transformers requires it).
+    assert optimizer_arguments(preset(optimizer="Adafactor", optimizer_args="relative_step=False warmup_init=True")) == {
+        "relative_step": True, "warmup_init": True}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(optimizer_args="relative_stp=False"), "optimizer_args: 'relative_stp' is not an argument of Adafactor"),
+    (dict(optimizer_args="lr=1e-3"), "optimizer_args: 'lr' is not an argument of Adafactor; set the learning rate"),
+    (dict(optimizer_args="relative_step=false"), "optimizer_args: relative_step='false' is not allowed"),
+    (dict(optimizer_args="", lr_warmup_steps=10), "lr_warmup_steps: Adafactor with relative_step=True"),
+    (dict(optimizer_args="relative_step=False", lr_scheduler="adafactor"), "lr_scheduler: 'adafactor' is Adafactor's"),
+    (dict(optimizer="AdamW", optimizer_args="relative_step=False"), "optimizer_args: 'relative_step' is not an argument of AdamW"),
+])
+def test_optimizer_argument_problems_are_named_before_anything_loads(changes, message):
+    from engine.trainer import check_ready
+
+    values = preset(**{"optimizer": "Adafactor", **changes})
+    problems = check_ready(values)  # model files are missing too: every problem is listed at once
+    assert any(problem.startswith(message) for problem in problems), problems

@@ -124,7 +124,7 @@ def test_optimizers_and_schedules():
     assert isinstance(adafactor, Adafactor) and adafactor.param_groups[0]["lr"] == 1e-4
     adam8 = create_optimizer(values(optimizer="AdamW8bit", unet_lr=3e-4, optimizer_args=""), params)
     assert isinstance(adam8, bitsandbytes.optim.AdamW8bit) and adam8.param_groups[0]["lr"] == 3e-4
-    with pytest.raises(ValueError, match="optimizer_args: 'momentum=0.9' do not fit AdamW"):
+    with pytest.raises(ValueError, match="optimizer_args: 'momentum' is not an argument of AdamW; AdamW accepts betas, eps"):
         create_optimizer(values(optimizer="AdamW", optimizer_args="momentum=0.9"), params)
 
     def rates(**settings):

@@ -21,7 +21,7 @@ from engine.train_state import RunRecord, StateError, TrainState, expected_step,
 from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
 from engine.training.data import Sample, epoch_batches, fit_to_bucket, load_samples, steps_in_epoch
-from engine.training.optim import create_optimizer, create_scheduler
+from engine.training.optim import create_optimizer, create_scheduler, optimizer_notes
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
@@ -315,6 +315,8 @@ class TrainingRun:
         self.params = lora_parameters(transformer)
         optimizer = create_optimizer(values, self.params)
         self.scheduler = create_scheduler(values, optimizer, self.total_steps)
+        for note in optimizer_notes(values):
+            self.log(note, "warning")
         # With swapping the model is already placed block by block; accelerate must not move it whole.
         self.transformer, self.optimizer = self.accelerator.prepare(
             transformer, optimizer, device_placement=[not swap, True])
