@@ -173,6 +173,11 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Smallest bucket side in pixels.", minimum=64, maximum=8192),
     O("max_bucket_reso", "int", 2048, BASIC, "Maximum bucket resolution",
       "Largest bucket side in pixels.", minimum=64, maximum=8192),
+    O("bucket_no_upscale", "bool", True, BASIC, "Don't upscale bucket resolution",
+      "On (kohya_ss's default): an image within the max resolution's area keeps its size and "
+      "is only cropped to the bucket steps (min/max bucket resolution do not apply); a larger "
+      "one is scaled down to that area. Off: every image is scaled to the bucket of its "
+      "aspect ratio, small images upscaled."),
     # --- Parameters / Basic / Flux.1 ---------------------------------------------------
     O("fp8_base", "bool", True, FLUX, "fp8 base",
       "Store the frozen base model in float8 and compute in bf16."),

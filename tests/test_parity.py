@@ -176,3 +176,89 @@ def test_optimizer_argument_problems_are_named_before_anything_loads(changes, me
     values = preset(**{"optimizer": "Adafactor", **changes})
     problems = check_ready(values)  # model files are missing too: every problem is listed at once
     assert any(problem.startswith(message) for problem in problems), problems
+
+
+# ---- kohya's buckets ------------------------------------------------------------------------------
+# Expected values worked out from sd-scripts' BucketManager (library/train_util.py) and
+# make_bucket_resolutions (library/model_util.py) for the recipe: max_resolution 768,768,
+# buckets 256..2048 in 64-pixel steps. Entries: image size -> (bucket, size before the crop).
+NO_UPSCALE = {  # bucket_no_upscale on (kohya_ss's default)
+    # over the 768x768 area: scaled to it (853x640 from rounding the height: aspect error 0.033
+    # against 0.111 for rounding the width to 832 and flooring 624 to 576), then floored to steps
+    (1024, 768): ((832, 640), (853, 640)),
+    (768, 1024): ((640, 832), (640, 853)),
+    (1920, 1080): ((1024, 576), (1024, 576)),
+    (1080, 1920): ((576, 1024), (576, 1024)),
+    (3000, 2000): ((832, 576), (864, 576)),
+    (2000, 3000): ((576, 896), (597, 896)),
+    (896, 1593): ((576, 1024), (576, 1024)),  # the issue's example: 512x1024 before
+    (1008, 627): ((896, 576), (926, 576)),
+    (4000, 500): ((2048, 256), (2048, 256)),  # min/max bucket sides do not apply here
+    (1000, 1000): ((768, 768), (768, 768)),
+    # within the area: never resized, only cropped to the steps
+    (640, 480): ((640, 448), (640, 480)),
+    (300, 300): ((256, 256), (300, 300)),
+    (768, 768): ((768, 768), (768, 768)),
+    (100, 80): ((64, 64), (100, 80)),
+}
+UPSCALE = {  # bucket_no_upscale off: the predefined bucket of the nearest aspect ratio, covered
+    (1024, 768): ((896, 640), (896, 672)),
+    (768, 1024): ((640, 896), (672, 896)),
+    (1920, 1080): ((1024, 576), (1024, 576)),
+    (1080, 1920): ((576, 1024), (576, 1024)),
+    (3000, 2000): ((896, 640), (960, 640)),
+    (2000, 3000): ((640, 896), (640, 960)),
+    (896, 1593): ((576, 1024), (576, 1024)),
+    (1008, 627): ((960, 576), (960, 597)),
+    (4000, 500): ((2048, 256), (2048, 256)),
+    (640, 480): ((896, 640), (896, 672)),  # upscaled
+    (300, 300): ((768, 768), (768, 768)),
+    (512, 512): ((768, 768), (768, 768)),
+}
+
+
+@pytest.mark.parametrize("no_upscale, table", [(True, NO_UPSCALE), (False, UPSCALE)])
+def test_buckets_follow_kohyas_rules(no_upscale, table):
+    from engine.training.buckets import fit_image
+
+    values = preset(bucket_no_upscale=no_upscale)
+    assert values["max_resolution"] == "768,768" and values["bucket_reso_steps"] == 64
+    got = {size: tuple(vars(fit_image(*size, values)).values()) for size in table}
+    assert got == table
+
+
+def test_bucket_list_and_buckets_off():
+    from engine.training.buckets import bucket_resolutions, fit_image
+
+    # 512x512 max area, sides 256..1024: width w pairs with the tallest h <= 262144 / w (in 64s).
+    # w = 256..1024 gives h = 1024, 768, 640, 576, 512, 448, 384, 320, 320, 256, 256, 256, 256; both ways round.
+    assert bucket_resolutions(512, 512, 256, 1024, 64) == [
+        (256, 832), (256, 896), (256, 960), (256, 1024), (320, 704), (320, 768), (384, 640), (448, 576),
+        (512, 512), (576, 448), (640, 384), (704, 320), (768, 320), (832, 256), (896, 256), (960, 256),
+        (1024, 256)]
+    # Buckets off: every image covers max_resolution and is centre-cropped, whatever bucket_no_upscale says.
+    assert fit_image(1024, 512, preset(enable_bucket=False)) == fit_image(1024, 512, preset(
+        enable_bucket=False, bucket_no_upscale=False))
+    assert vars(fit_image(1024, 512, preset(enable_bucket=False))) == {"bucket": (768, 768), "resized": (1536, 768)}
+
+
+def test_bucket_settings_kohya_refuses_are_named():
+    from engine.trainer import check_ready
+
+    problems = check_ready(preset(min_bucket_reso=1024, max_resolution="768,768"))
+    assert any(p.startswith("min_bucket_reso: 1024 is larger than the smaller side of max_resolution") for p in problems)
+    problems = check_ready(preset(max_bucket_reso=512, min_bucket_reso=256, max_resolution="768,768"))
+    assert any(p.startswith("max_bucket_reso: 512 is smaller than the larger side") for p in problems)
+
+
+def test_no_upscale_crops_a_small_image_without_resizing(tmp_path):
+    from PIL import Image
+
+    from engine.training.data import fit_to_bucket
+
+    image = Image.new("L", (300, 300))
+    image.putdata([x for y in range(300) for x in range(300)][:300 * 300])
+    image = image.point(lambda v: v % 256)
+    fitted = fit_to_bucket(image, (256, 256), (300, 300))
+    assert fitted.size == (256, 256)
+    assert fitted.getpixel((0, 0)) == 22  # column 22: (300 - 256) // 2 cut from the left, no resampling

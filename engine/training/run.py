@@ -234,7 +234,8 @@ class TrainingRun:
         def key(sample: Sample) -> str:
             if sample.image_path not in digests:
                 digests[sample.image_path] = bytes_digest(sample.image_path)
-            return entry_key(kind="latent", image=digests[sample.image_path], bucket=sample.bucket, vae=vae_id)
+            return entry_key(kind="latent", image=digests[sample.image_path], bucket=sample.bucket,
+                             resized=sample.resized, vae=vae_id)
 
         self.latent_key = key
         self.latent_cache = self._cache("latents", values["cache_latents_to_disk"])
@@ -262,7 +263,7 @@ class TrainingRun:
         pixels = []
         for sample in samples:
             with open_image_rgb(sample.image_path) as image:
-                fitted = fit_to_bucket(image, sample.bucket)
+                fitted = fit_to_bucket(image, sample.bucket, sample.resized)
             array = torch.from_numpy(np.asarray(fitted, dtype=np.float32)).permute(2, 0, 1)
             pixels.append(array / 127.5 - 1.0)
         batch = torch.stack(pixels).to(self.device, self.vae.dtype)
