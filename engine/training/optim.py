@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ast
+import logging
 
 import torch
+
+# Importing transformers' Adafactor imports bitsandbytes, whose CPU backend warns on stderr about
+# an optional 4-bit kernel package FluxLoRA never uses; it would precede our own error lines.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def parse_optimizer_args(text: str) -> dict:
