@@ -262,3 +262,25 @@ def test_no_upscale_crops_a_small_image_without_resizing(tmp_path):
     fitted = fit_to_bucket(image, (256, 256), (300, 300))
     assert fitted.size == (256, 256)
     assert fitted.getpixel((0, 0)) == 22  # column 22: (300 - 256) // 2 cut from the left, no resampling
+
+
+# ---- captions as sd-scripts reads them ------------------------------------------------------------
+def test_captions_are_the_first_line_and_an_empty_caption_file_is_named(tmp_path):
+    from PIL import Image
+
+    from engine.dataset.layout import DatasetError, scan_train_dir
+
+    folder = tmp_path / "img" / "10_ohwx man"
+    folder.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(folder / f"{name}.png")
+    (folder / "a.txt").write_bytes("\ufeffohwx man, smiling\r\nnotes for me\r\n".encode("utf-8"))
+    items = scan_train_dir(tmp_path / "img", ".txt")
+    # a: the first line only; b, c: no caption file -> the folder's class tokens
+    assert [item.caption for item in items] == ["ohwx man, smiling", "ohwx man", "ohwx man"]
+    (folder / "b.txt").write_bytes(b"")
+    (folder / "c.txt").write_bytes(b"  \r\nsecond line\r\n")  # first line blank: nothing to train on
+    with pytest.raises(DatasetError) as caught:
+        scan_train_dir(tmp_path / "img", ".txt")
+    message = str(caught.value)
+    assert message.startswith(f"train_data_dir: empty caption files {folder / 'b.txt'}; {folder / 'c.txt'}.")
