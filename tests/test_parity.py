@@ -284,3 +284,34 @@ def test_captions_are_the_first_line_and_an_empty_caption_file_is_named(tmp_path
         scan_train_dir(tmp_path / "img", ".txt")
     message = str(caught.value)
     assert message.startswith(f"train_data_dir: empty caption files {folder / 'b.txt'}; {folder / 'c.txt'}.")
+
+
+# ---- apply_t5_attn_mask ---------------------------------------------------------------------------
+def text_encoding(model_files, **changes):
+    import threading
+
+    from engine.training.placement import EncoderPlacement
+    from engine.training.reporting import RunReporter
+    from engine.training.text import TextEncoding
+
+    values = dict(preset(**model_files.values), flux1_cache_text_encoder_outputs=False,
+                  flux1_cache_text_encoder_outputs_to_disk=False, train_data_dir="", **changes)
+    encoding = TextEncoding(values, EncoderPlacement(torch.device("cpu"), False), RunReporter(None), threading.Event())
+    encoding.prepare([])
+    return encoding
+
+
+def test_t5_mask_goes_into_t5_itself_and_into_the_cache_key(tiny_model_files):
+    masked = text_encoding(tiny_model_files, apply_t5_attn_mask=True)
+    plain = text_encoding(tiny_model_files, apply_t5_attn_mask=False)
+    caption = "ohwx man"  # a few tokens, the rest of the sequence is padding
+    out, reference = masked.encode([caption]), plain.encode([caption])
+    tokens = masked.t5_tokenizer([caption], padding="max_length", max_length=masked.t5_length, truncation=True,
+                                 return_tensors="pt")
+    assert 0 < int(tokens.attention_mask.sum()) < masked.t5_length
+    with torch.no_grad():
+        expected = masked.t5(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state.float()
+    torch.testing.assert_close(out["t5"], expected, atol=0, rtol=0)
+    assert not torch.allclose(out["t5"], reference["t5"])  # padding no longer leaks into the real tokens
+    torch.testing.assert_close(out["pooled"], reference["pooled"], atol=0, rtol=0)  # CLIP takes no mask
+    assert masked._key(caption) != plain._key(caption)

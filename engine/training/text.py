@@ -20,6 +20,7 @@ class TextEncoding:
         self.clip_tokenizer_path = values["clip_l_tokenizer_path"]
         self.t5_tokenizer_path = values["t5xxl_tokenizer_path"]
         self.t5_length = values["t5xxl_max_token_length"]
+        self.t5_mask = values["apply_t5_attn_mask"]  # sd-scripts masks T5's own attention too
         self.cached = values["flux1_cache_text_encoder_outputs"]
         self.cache_folder = (Path(values["train_data_dir"]) / CACHE_FOLDER / "text"
                              if values["flux1_cache_text_encoder_outputs_to_disk"] else None)
@@ -41,7 +42,7 @@ class TextEncoding:
         self.t5 = load_t5(self.t5_path, dtype).to(self.device)
         identity = dict(clip=file_identity(self.clip_path), t5=file_identity(self.t5_path),
                         clip_tok=self.clip_tokenizer_path or "standard", t5_tok=self.t5_tokenizer_path or "standard",
-                        t5_len=self.t5_length)
+                        t5_len=self.t5_length, t5_mask=self.t5_mask)
         self._key = lambda caption: entry_key(kind="text", caption=caption, **identity)  # noqa: E731
         self.cache = EntryCache(self.cache_folder)
         if not self.cached:
@@ -72,8 +73,10 @@ class TextEncoding:
         t5 = self.t5_tokenizer(captions, padding="max_length", max_length=self.t5_length, truncation=True,
                                return_tensors="pt")
         pooled = self.clip(clip_ids).pooler_output.float()
-        sequence = self.t5(t5.input_ids.to(self.device)).last_hidden_state.float()
-        out = {"pooled": pooled, "t5": sequence, "mask": t5.attention_mask.to(self.device)}
+        mask = t5.attention_mask.to(self.device)
+        sequence = self.t5(t5.input_ids.to(self.device), attention_mask=mask if self.t5_mask else None
+                           ).last_hidden_state.float()
+        out = {"pooled": pooled, "t5": sequence, "mask": mask}
         return {k: v[0] for k, v in out.items()} if squeeze else out
 
     def batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
