@@ -159,8 +159,10 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("unet_lr", "float", 1e-4, BASIC, "Unet learning rate",
       "Learning rate of the transformer LoRA; 0 = use Learning rate.", minimum=0, maximum=1, metadata="ss_unet_lr"),
     O("text_encoder_lr", "float", 1e-4, BASIC, "Text encoder learning rate",
-      "Kept for kohya_ss compatibility: FluxLoRA trains the transformer only (the text "
-      "encoders stay frozen), so this value does not change training.", minimum=0, maximum=1),
+      "Above 0: a LoRA on CLIP-L trains too, at this rate (as sd-scripts does; the file then "
+      "holds lora_te1_* layers, which ComfyUI applies with strength_clip). CLIP-L then stays "
+      "loaded for the run and T5's outputs are still cached. 0: the transformer only.",
+      minimum=0, maximum=1, metadata="ss_text_encoder_lr"),
     O("network_dim", "int", 64, BASIC, "Network rank (dim)", "LoRA rank.", minimum=1,
       maximum=1024, metadata="ss_network_dim"),
     O("network_alpha", "float", 64.0, BASIC, "Network alpha",
@@ -205,7 +207,8 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("t5xxl_max_token_length", "int", 512, FLUX, "T5 max tokens",
       "T5 sequence length: 512 for dev, 256 for schnell.", minimum=16, maximum=512),
     O("apply_t5_attn_mask", "bool", False, FLUX, "Apply T5 attention mask",
-      "Mask T5 padding tokens in the transformer's attention."),
+      "Mask T5 padding tokens, in T5's own attention and in the transformer's.",
+      metadata="ss_apply_t5_attn_mask"),
     O("train_blocks", "str", "all", FLUX, "Train blocks",
       "Which transformer blocks get LoRA layers.", choices=("all", "single", "double"), metadata="ss_train_blocks"),
     O("blocks_to_swap", "int", 0, FLUX, "Blocks to swap",

@@ -1,5 +1,7 @@
 """Training what sd-scripts trains: expected values derived from sd-scripts' code (read, not copied)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -294,7 +296,7 @@ def text_encoding(model_files, **changes):
     from engine.training.reporting import RunReporter
     from engine.training.text import TextEncoding
 
-    values = dict(preset(**model_files.values), flux1_cache_text_encoder_outputs=False,
+    values = dict(preset(**model_files.values, text_encoder_lr=0.0), flux1_cache_text_encoder_outputs=False,
                   flux1_cache_text_encoder_outputs_to_disk=False, train_data_dir="", **changes)
     encoding = TextEncoding(values, EncoderPlacement(torch.device("cpu"), False), RunReporter(None), threading.Event())
     encoding.prepare([])
@@ -315,3 +317,52 @@ def test_t5_mask_goes_into_t5_itself_and_into_the_cache_key(tiny_model_files):
     assert not torch.allclose(out["t5"], reference["t5"])  # padding no longer leaks into the real tokens
     torch.testing.assert_close(out["pooled"], reference["pooled"], atol=0, rtol=0)  # CLIP takes no mask
     assert masked._key(caption) != plain._key(caption)
+
+
+# ---- CLIP-L LoRA when the text encoder learning rate is not 0 -------------------------------------
+def test_recipe_run_trains_clip_l_too_and_its_file_loads_back(tiny_model_files, tmp_path):
+    from safetensors import safe_open
+
+    from engine.models.te_lora import add_clip_lora
+    from engine.models.text_encoders import load_clip_l
+    from engine.trainer import train
+    from tests.fixtures.datasets import tiny_training_values
+
+    values = tiny_training_values(tiny_model_files, tmp_path, epoch=1, text_encoder_lr=1e-3)
+    assert values["flux1_cache_text_encoder_outputs"] and values["flux1_cache_text_encoder_outputs_to_disk"]
+    result = train(values)
+    assert result.status == "completed", result.message
+    with safe_open(result.lora_path, "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+        clip_up = handle.get_tensor("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight")
+    clip = load_clip_l(values["clip_l"], torch.float32)
+    layers = len(clip.encoder.layers)  # transformers 5: no text_model level
+    expected_te = {f"lora_te1_text_model_encoder_layers_{i}_{name}.{part}" for i in range(layers)
+                   for name in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
+                                "mlp_fc1", "mlp_fc2") for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+    assert {k for k in keys if k.startswith("lora_te")} == expected_te  # no T5 (lora_te3_) part
+    assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv") for k in keys)
+    assert clip_up.abs().max() > 0  # it trained
+    assert (metadata["ss_network_train_unet_only"], metadata["ss_text_encoder_lr"]) == ("False", "0.001")
+    # The text cache holds T5 only: CLIP-L ran live.
+    entries = list((Path(values["train_data_dir"]) / ".fluxlora-cache" / "text").glob("*.safetensors"))
+    with safe_open(str(entries[0]), "pt") as handle:
+        assert set(handle.keys()) == {"t5", "mask"}
+    # It loads back into our engine and round-trips its keys and values.
+    transformer = tiny_flux(tmp_path)
+    add_lora(transformer, values["network_dim"], values["network_alpha"])
+    add_clip_lora(clip, values["network_dim"], values["network_alpha"])
+    load_lora((transformer, clip), result.lora_path)
+    again = tmp_path / "again.safetensors"
+    save_lora((transformer, clip), again, precision=values["save_precision"])
+    with safe_open(str(again), "pt") as copy, safe_open(result.lora_path, "pt") as original:
+        assert set(copy.keys()) == keys
+        for key in keys:
+            assert torch.equal(copy.get_tensor(key), original.get_tensor(key)), key
+    # A transformer-only run cannot silently drop the CLIP-L part.
+    from engine.models.errors import ModelFileError
+
+    only = tiny_flux(tmp_path)
+    add_lora(only, values["network_dim"], values["network_alpha"])
+    with pytest.raises(ModelFileError, match="also holds a CLIP-L LoRA .*set the text encoder learning rate above 0"):
+        load_lora(only, result.lora_path)

@@ -49,21 +49,28 @@ def read_resume_state(resume_dir: Path | None, steps_per_epoch: int, reporter: R
     return state
 
 
-def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, learning_rate: float,
-                         reporter: RunReporter) -> None:
-    """Optimizer and schedule from the state folder; this run's learning rate replaces the saved one."""
+def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, reporter: RunReporter) -> None:
+    """Optimizer and schedule from the state folder; this run's learning rates replace the saved ones."""
     scheduler, optimizer = model.scheduler, model.optimizer
+    rates = [group["initial_lr"] for group in optimizer.param_groups] if not _adafactor_schedule(scheduler) else None
     try:
         accelerator.load_state(str(resume_dir))
     except Exception as exc:  # another optimizer, or kohya's layout: the LoRA still continues
         reporter.log(f"the optimizer state in {resume_dir.name} does not fit ({type(exc).__name__}: "
                      f"{str(exc)[:120]}); continuing with a fresh optimizer state", "warning")
         scheduler.last_epoch = step  # keep the learning-rate schedule where the run was
-    scheduler.base_lrs = [learning_rate for _ in scheduler.base_lrs]
-    rates = [lr_lambda(scheduler.last_epoch) * learning_rate for lr_lambda in scheduler.lr_lambdas]
-    for group, value in zip(optimizer.param_groups, rates):
-        group["lr"] = value
-        group["initial_lr"] = learning_rate
+    if rates is None:
+        return  # Adafactor's relative step sets its own rates from its state
+    scheduler.base_lrs = list(rates)
+    for group, lr_lambda, rate in zip(optimizer.param_groups, scheduler.lr_lambdas, rates):
+        group["lr"] = lr_lambda(scheduler.last_epoch) * rate
+        group["initial_lr"] = rate
+
+
+def _adafactor_schedule(scheduler) -> bool:
+    from transformers.optimization import AdafactorSchedule
+
+    return isinstance(scheduler, AdafactorSchedule)
 
 
 class Checkpointer:
@@ -136,4 +143,5 @@ class Checkpointer:
         return path
 
     def _unwrapped(self):
-        return self.accelerator.unwrap_model(self.model.transformer)
+        """The LoRA's models: the transformer, and CLIP-L when it trains too."""
+        return self.accelerator.unwrap_model(self.model.transformer), self.model.text_lora

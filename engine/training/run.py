@@ -127,13 +127,13 @@ class TrainingRun:
         if adapter is not None:
             self.log(f"continuing from {resume_dir.name} (step {self.step}); LoRA weights from {adapter.name}")
         transformer, swapper = load_transformer_with_lora(values, self.device, self.compute_dtype, adapter,
-                                                          self.reporter)
-        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps)
+                                                          self.reporter, self.text.clip_lora)
+        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps,
+                                          self.text.clip_lora)
         for note in optimizer_notes(values):
             self.log(note, "warning")
         if resume_dir is not None:
-            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step,
-                                 values["unet_lr"] or values["learning_rate"], self.reporter)
+            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step, self.reporter)
         self.trainer_step = FlowMatchingStep(NoiseSettings.from_values(values), self.accelerator, self.model,
                                              self.latents, self.text, self.compute_dtype)
         return not self.stop.is_set()
