@@ -34,8 +34,8 @@ KOHYA_IGNORED_REASONS = {
     "v_parameterization": "FluxLoRA trains FLUX.1 only",
     "model_list": "the model is given by its file path",
     "save_model_as": "LoRAs are always saved as .safetensors",
-    "network_train_unet_only": "FluxLoRA always trains the transformer only",
-    "network_train_text_encoder_only": "FluxLoRA always trains the transformer only",
+    "network_train_text_encoder_only": "FluxLoRA always trains the transformer (with CLIP-L when the text "
+                                       "encoder learning rate is above 0)",
     "lowvram": "use blocks_to_swap to save GPU memory",
 }
 
@@ -137,11 +137,24 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
             result.values[option.key] = option.default
             result.defaulted_keys.append(option.key)
 
+    if result.format == KOHYA_SS:
+        _kohya_unet_only(data, result)
     if not problems:
         problems = validate_values(result.values)
     if problems:
         raise PresetError(source, problems)
     return result
+
+
+def _kohya_unet_only(data: dict, result: LoadResult) -> None:
+    """sd-scripts trains CLIP-L too unless network_train_unet_only; we say that with text_encoder_lr 0."""
+    if "network_train_unet_only" not in data:
+        return
+    result.unknown_keys.remove("network_train_unet_only")
+    if _truthy(data["network_train_unet_only"]) and result.values.get("text_encoder_lr", 0) > 0:
+        result.values["text_encoder_lr"] = 0.0
+        result.notes.append("network_train_unet_only: true, so text_encoder_lr is 0: the transformer trains alone "
+                            "and CLIP-L stays frozen, as sd-scripts trains it")
 
 
 def _is_problem_key(key: str, problems: list[str]) -> bool:

@@ -389,3 +389,16 @@ def test_vram_estimate_counts_the_clip_l_lora_as_built():
     without = estimate_vram(dict(values, text_encoder_lr=0.0))
     assert "CLIP-L with its LoRA (trained)" not in without.parts
     assert with_clip.parts["CLIP-L with its LoRA (trained)"] > 246_144_352  # CLIP-L's bf16 weights and more
+
+
+def test_kohya_import_trains_clip_l_unless_the_config_says_unet_only():
+    from engine.preset import parse_preset
+    from tests.test_preset import KOHYA_FLUX_CONFIG
+
+    config = dict(KOHYA_FLUX_CONFIG, text_encoder_lr=0.0001)
+    assert parse_preset(config).values["text_encoder_lr"] == 1e-4  # sd-scripts trains CLIP-L too
+    result = parse_preset(dict(config, network_train_unet_only=True))
+    assert result.values["text_encoder_lr"] == 0.0
+    assert "network_train_unet_only" not in result.unknown_keys
+    assert any(note.startswith("network_train_unet_only: true, so text_encoder_lr is 0") for note in result.notes)
+    assert parse_preset(dict(config, network_train_unet_only=False)).values["text_encoder_lr"] == 1e-4
