@@ -20,7 +20,8 @@ from engine.fsutil import atomic_dir
 from engine.train_state import RunRecord, StateError, TrainState, expected_step, fix_train_state, read_train_state, write_train_state
 from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
-from engine.training.data import Sample, epoch_batches, fit_to_bucket, load_samples, steps_in_epoch
+from engine.training.data import (Sample, epoch_batches, fit_to_bucket, load_samples, process_batches,
+                                  steps_in_epoch)
 from engine.training.optim import create_optimizer, create_scheduler
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
@@ -374,7 +375,7 @@ class TrainingRun:
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch + 1
             batches = epoch_batches(self.samples, values["train_batch_size"], values["seed"], epoch)
-            batches = batches[self.accelerator.process_index::self.accelerator.num_processes]
+            batches = process_batches(batches, self.accelerator.process_index, self.accelerator.num_processes)
             groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
             groups = groups[:self.steps_per_epoch]
             first = self.step - (epoch - 1) * self.steps_per_epoch
