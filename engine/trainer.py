@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.dataset.layout import DatasetError, scan_train_dir
@@ -28,15 +27,7 @@ MODEL_FILES = (
 )
 
 
-@dataclass
-class TrainResult:
-    status: str  # "completed", "stopped" or "failed"
-    lora_path: str = ""
-    state_dir: str = ""
-    steps: int = 0  # cumulative optimizer steps
-    epoch: int = 0  # completed epochs, cumulative
-    log_path: str = ""
-    message: str = ""
+TrainResult = Finished  # the name callers used before the run returned its Finished event
 
 
 def check_ready(values: dict) -> list[str]:
@@ -78,6 +69,17 @@ def check_ready(values: dict) -> list[str]:
     return problems
 
 
+def continue_from_latest_state(values: dict) -> dict:
+    """`values` resuming from the newest state of this output name (StateError when there is none)."""
+    from engine.train_state import find_latest_state
+
+    state = find_latest_state(values["output_dir"], values["output_name"])
+    if state is None:
+        raise StateError(f"no saved state for {values['output_name']} in {values['output_dir']} to continue from; "
+                         "train once with save_state or save_state_on_train_end on")
+    return dict(values, resume=str(state))
+
+
 def _folder_problems(key: str, folder: str) -> list[str]:
     """Why files could not be written in `folder` (created on demand), if anything stops it."""
     path = Path(folder)
@@ -111,7 +113,7 @@ def leftover_folders(values: dict) -> list[Path]:
     return folders
 
 
-def train(values: dict, on_event=None, stop: threading.Event | None = None) -> TrainResult:
+def train(values: dict, on_event=None, stop: threading.Event | None = None) -> Finished:
     """Train; never raises for user-fixable problems: they come back as status "failed"."""
     from engine.training.run import TrainingRun
 
@@ -121,8 +123,9 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None) -> T
         problems = [str(exc)]
     if problems:
         message = "; ".join(problems)
-        emit(on_event, Finished("failed", message=message))
-        return TrainResult("failed", message=message)
+        result = Finished("failed", message=message)
+        emit(on_event, result)
+        return result
     for folder in leftover_folders(values) if os.environ.get("RANK", "0") == "0" else []:  # torchrun: rank 0
         for line in sweep_stale_temps(folder):
             emit(on_event, Log(line, "warning"))
@@ -131,14 +134,11 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None) -> T
         result = run.execute()
     except (ModelFileError, DatasetError, PresetError, StateError, ValueError, OSError) as exc:
         run.log(str(exc), "error")
-        result = TrainResult("failed", message=str(exc), log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        result = run.result("failed", str(exc))
     except Exception as exc:  # a bug or an out-of-memory: still report it in the page, with the log
-        run.log_exception(exc)
-        result = TrainResult("failed", message=f"{type(exc).__name__}: {exc}", log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        run.reporter.log_exception(exc)
+        result = run.result("failed", f"{type(exc).__name__}: {exc}")
     finally:
         run.close()
-    emit(on_event, Finished(result.status, message=result.message, lora_path=result.lora_path,
-                            state_dir=result.state_dir, log_path=result.log_path))
+    emit(on_event, result)
     return result
