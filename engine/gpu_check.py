@@ -83,7 +83,9 @@ def smi_cards() -> tuple[str, ...]:
                                  capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return ()
-    return tuple(line.strip() for line in listing.stdout.splitlines() if line.strip()) if listing.returncode == 0 else ()
+    if listing.returncode != 0:
+        return ()
+    return tuple(line.strip() for line in listing.stdout.splitlines() if line.strip())
 
 
 def gather() -> Facts:

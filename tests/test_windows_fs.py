@@ -21,7 +21,11 @@ from engine.names import OUTPUT_TAIL, name_problem, path_length_problem
 from engine.preset import default_values, load_preset, save_preset, validate_values
 from engine.training.cache import EntryCache
 
+# Windows has these rules itself and tests/fixtures/windows_fs.py enforces them on Linux.
+windows_rules = pytest.mark.skipif(sys.platform == "darwin", reason="macOS has no /proc to enforce Windows' rules")
 
+
+@windows_rules
 def test_the_rules_are_enforced_here(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"x")
@@ -59,6 +63,7 @@ def test_temporary_names_are_visible_and_say_what_they_are(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-state", "tiny.safetensors"]
 
 
+@windows_rules
 def test_a_replace_waits_while_another_program_holds_the_file(tmp_path):
     target = tmp_path / "working.json"
     target.write_text("old", encoding="utf-8")
@@ -70,6 +75,7 @@ def test_a_replace_waits_while_another_program_holds_the_file(tmp_path):
     assert target.read_text(encoding="utf-8") == "new"
 
 
+@windows_rules
 def test_a_file_that_stays_open_fails_naming_it_and_keeps_the_old_one(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "REPLACE_RETRY_S", 0.2)
     target = tmp_path / "tiny.safetensors"
@@ -82,6 +88,7 @@ def test_a_file_that_stays_open_fails_naming_it_and_keeps_the_old_one(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]
 
 
+@windows_rules
 def test_a_state_folder_with_an_open_file_is_kept_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "REPLACE_RETRY_S", 0.2)
     state = tmp_path / "tiny-state"
@@ -140,7 +147,7 @@ def test_training_start_sweeps_the_output_folder_and_the_disk_cache(tiny_model_f
     values = tiny_training_values(tiny_model_files, tmp_path, cache_latents_to_disk=True)
     dead = dead_pid()
     leftovers = [Path(values["output_dir"]) / f"tiny-state.fluxlora-{dead}-abcdabcd.tmp",
-                 Path(values["train_data_dir"]) / ".fluxlora-cache" / "latents" / f"k.safetensors.fluxlora-{dead}-x.tmp"]
+                 Path(values["train_data_dir"], ".fluxlora-cache", "latents", f"k.safetensors.fluxlora-{dead}-x.tmp")]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
