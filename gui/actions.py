@@ -57,18 +57,20 @@ def copy_info(values: dict) -> tuple[dict | None, str]:
 
 
 # ---- utilities -------------------------------------------------------------------------
-def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
-    from engine.train_state import StateError, fix_train_state
+def fix_state(folder: str, steps, values: dict, dry_run: bool, true_step=None) -> str:
+    from engine.train_state import AmbiguousState, StateError, fix_train_state
 
     if not (folder or "").strip():
         return "**Give the state folder.**"
     try:
-        steps = int(steps or 0)
-        if steps <= 0:
+        steps, given = int(steps or 0), int(true_step or 0) or None
+        if steps <= 0 and given is None:
             from engine.training.data import steps_per_epoch_for
 
-            steps = steps_per_epoch_for(values)
-        report = fix_train_state(folder.strip(), steps, dry_run=dry_run)
+            steps = steps_per_epoch_for(values) if (values.get("train_data_dir") or "").strip() else 0
+        report = fix_train_state(folder.strip(), steps or None, dry_run=dry_run, step=given)
+    except AmbiguousState as exc:
+        return f"**The file cannot tell its true step.** {_escape(str(exc))}. Fill in **True step** and preview again."
     except (StateError, ValueError, OSError) as exc:
         return f"**Cannot repair:** {_escape(str(exc))}"
     before, after = report.before, report.after
@@ -78,7 +80,8 @@ def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
     if not report.changed:
         verdict = f"Nothing to repair: {_escape(report.reason)}."
     elif dry_run:
-        verdict = f"Would repair ({steps} steps per epoch): {_escape(report.reason)}. Press Repair to write it."
+        per_epoch = f" ({report.after.steps_per_epoch} steps per epoch)" if report.after.steps_per_epoch else ""
+        verdict = f"Would repair{per_epoch}: {_escape(report.reason)}. Press Repair to write it."
     else:
         verdict = f"Repaired: {_escape(report.reason)}. The original is `train_state.json.bak`."
     return f"{verdict}\n\n{table}"

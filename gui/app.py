@@ -82,11 +82,15 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
             with gr.Tab("Utilities", elem_id="tab-utilities"):
                 gr.Markdown("### Repair a kohya_ss `train_state.json`\nkohya_ss/sd-scripts stop counting "
                             "`current_step` cumulatively after a resume; this puts the right count back "
-                            "(the original is kept as `train_state.json.bak`).")
+                            "(the original is kept as `train_state.json.bak`). A folder repaired once is left "
+                            "alone; Start and Continue repair a kohya state the same way when resuming.")
                 fix_dir = gr.Textbox(label="State folder", max_lines=1, elem_id="fix-dir",
                                      placeholder="e.g. C:\\lora\\model\\ohwx-000025-state")
-                fix_steps = gr.Number(label="Steps per epoch", value=0, precision=0, minimum=0, elem_id="fix-steps",
-                                      info="0 = count them from the image folder of the preset on screen")
+                with gr.Row():
+                    fix_steps = gr.Number(label="Steps per epoch", value=0, precision=0, minimum=0, elem_id="fix-steps",
+                                          info="0 = count them from the image folder of the preset on screen")
+                    fix_true = gr.Number(label="True step", value=0, precision=0, minimum=0, elem_id="fix-true-step",
+                                         info="Only when the preview says the file cannot tell; 0 = work it out")
                 with gr.Row():
                     fix_preview = gr.Button("Preview", elem_id="fix-preview")
                     fix_apply = gr.Button("Repair", elem_id="fix-apply")
@@ -199,10 +203,11 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
         copy_button.click(copy_info, inputs=inputs, outputs=[prep_status, *folder_outputs])
 
         # ---- utilities ----------------------------------------------------------------
-        fix_preview.click(lambda folder, steps, *raw: actions.fix_state(folder, steps, collect(raw)[0], dry_run=True),
-                          inputs=[fix_dir, fix_steps, *inputs], outputs=fix_status)
-        fix_apply.click(lambda folder, steps, *raw: actions.fix_state(folder, steps, collect(raw)[0], dry_run=False),
-                        inputs=[fix_dir, fix_steps, *inputs], outputs=fix_status)
+        def fix(dry_run: bool):
+            return lambda folder, steps, true, *raw: actions.fix_state(folder, steps, collect(raw)[0], dry_run, true)
+
+        fix_preview.click(fix(True), inputs=[fix_dir, fix_steps, fix_true, *inputs], outputs=fix_status)
+        fix_apply.click(fix(False), inputs=[fix_dir, fix_steps, fix_true, *inputs], outputs=fix_status)
 
         # ---- training -----------------------------------------------------------------
         def start(continuing: bool):

@@ -17,7 +17,7 @@ import torch
 from engine.dataset.images import open_image_rgb
 from engine.events import (CACHING_LATENTS, CACHING_TEXT, LOADING, SAVING, TRAINING, Log, Progress, emit)
 from engine.fsutil import atomic_dir
-from engine.train_state import RunRecord, StateError, TrainState, expected_step, fix_train_state, read_train_state, write_train_state
+from engine.train_state import RunRecord, StateError, TrainState, fix_train_state, write_train_state
 from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
 from engine.training.data import Sample, epoch_batches, fit_to_bucket, load_samples, steps_in_epoch
@@ -346,18 +346,14 @@ class TrainingRun:
         self.fingerprint = _fingerprint(self.values)
         if self.resume_dir is None:
             return TrainState(0, 0, self.steps_per_epoch, 0, [])
-        state = read_train_state(self.resume_dir)
-        if state.steps_per_epoch is not None and state.steps_per_epoch != self.steps_per_epoch:
-            raise StateError(
-                f"resume: {self.resume_dir.name} was trained at {state.steps_per_epoch} steps per epoch, this preset "
-                f"gives {self.steps_per_epoch}; the dataset, repeats, batch size or gradient accumulation changed. "
-                "Restore them, or start a new run without resume")
-        step, reason = expected_step(state, self.steps_per_epoch)
-        if step != state.current_step:
+        try:  # kohya's files get their true step (the original kept as .bak); ambiguous ones are refused
             report = fix_train_state(self.resume_dir, self.steps_per_epoch)
+        except StateError as exc:
+            raise StateError(f"resume: {exc}") from None
+        if report.changed:
             self.log(f"repaired {self.resume_dir.name}/train_state.json: current_step {report.before.current_step} "
-                     f"-> {report.after.current_step} ({reason}); the original is train_state.json.bak", "warning")
-            state = report.after
+                     f"-> {report.after.current_step} ({report.reason}); the original is train_state.json.bak", "warning")
+        state = report.after
         if _state_adapter_file(self.resume_dir) is None:
             raise StateError(f"resume: {self.resume_dir} holds no LoRA weights (adapter.safetensors or model.safetensors)")
         return state
