@@ -16,6 +16,25 @@ def _escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
 
 
+def load_report(result) -> str:
+    """What loading a file did: for a kohya_ss config its groups, the one that changes training first."""
+    from engine.preset import UNSUPPORTED_TITLE
+
+    parts = []
+    for title, items in result.groups():
+        listed = "\n".join(f"- {_escape(item)}" for item in items)
+        if title == UNSUPPORTED_TITLE:
+            parts.append(f"### ⚠ {title}\nkohya would train differently with these; FluxLoRA cannot. Remove them "
+                         f"from the config or accept the difference.\n\n{listed}")
+        elif title.startswith("Used as is"):
+            parts.append(f"<details><summary>{title}</summary>\n\n{_escape(', '.join(items))}\n\n</details>")
+        else:
+            parts.append(f"**{title}:**\n\n{listed}")
+    if result.notes:
+        parts.append("\n".join(f"- {_escape(note)}" for note in result.notes))
+    return "\n\n".join(parts)
+
+
 # ---- dataset preparation ---------------------------------------------------------------
 def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, dict | None]:
     from engine.dataset.layout import DatasetError

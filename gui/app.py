@@ -139,8 +139,9 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
             working.remember(result.values, path)
             kind = "kohya_ss config" if result.format == "kohya_ss" else "preset"
             message = f"Loaded {kind} **{Path(path).name}**."
-            if result.warnings():
-                message += "\n\n" + "\n".join(f"- {line}" for line in result.warnings())
+            report = actions.load_report(result)
+            if report:
+                message += "\n\n" + report
             return [*widget_values(result.values), path, message]
 
         load_button.click(do_load, inputs=preset_path, outputs=[*inputs, preset_path, config_status])

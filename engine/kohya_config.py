@@ -1,0 +1,175 @@
+"""A kohya_ss GUI config read with kohya's meanings, so nothing changes training quietly.
+
+Three things differ from reading our own presets:
+- a key missing from the file takes the value kohya would train with (`KOHYA_DEFAULTS`, read from
+  sd-scripts' arguments and the kohya_ss GUI), not our 12 GB recipe's;
+- kohya keys that are not options of ours but change what kohya trains are applied where we
+  can (`max_train_epochs`, `split_mode`, the old double/single block swap counts) or reported
+  as "changes training in kohya, not supported here" when set;
+- a FLUX model type we do not train (Chroma) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Missing from a kohya_ss config -> what kohya trains with (sd-scripts' argument default, which
+# the kohya_ss GUI's own widgets also start from).
+KOHYA_DEFAULTS: dict[str, Any] = {
+    "fp8_base": False,
+    "fp8_base_unet": False,
+    "timestep_sampling": "sigma",
+    "model_prediction_type": "sigma_scaled",
+    "guidance_scale": 3.5,
+    "max_grad_norm": 1.0,
+    "caption_extension": ".caption",
+    "mem_eff_save": False,
+    "gradient_checkpointing": False,
+    "save_state_on_train_end": False,
+    "cache_latents_to_disk": False,
+    "flux1_cache_text_encoder_outputs": False,
+    "flux1_cache_text_encoder_outputs_to_disk": False,
+}
+
+SAMPLES_NOT_YET = "FluxLoRA does not render sample images yet"
+PER_MODULE_RANKS = ("ranks per layer type are not supported here: every layer trains at network_dim; "
+                    "remove it to train kohya's way with one rank")
+
+# Set in the file -> kohya trains differently and we cannot. key: (values that mean "off", why).
+UNSUPPORTED: dict[str, tuple[tuple, str]] = {
+    "train_t5xxl": ((False,), "kohya trains a T5-XXL LoRA too; FluxLoRA keeps T5 frozen"),
+    "split_qkv": ((False,), "kohya trains separate q, k and v LoRAs; FluxLoRA trains the fused qkv as sd-scripts "
+                            "does by default"),
+    **{key: (("", None), PER_MODULE_RANKS) for key in (
+        "img_attn_dim", "txt_attn_dim", "img_mlp_dim", "txt_mlp_dim", "img_mod_dim", "txt_mod_dim",
+        "single_dim", "single_mod_dim")},
+    "in_dims": (("", None), "kohya also trains LoRAs on the input layers (img_in, time_in, vector_in, "
+                            "guidance_in, txt_in); FluxLoRA does not"),
+    "train_double_block_indices": (("", None, "all"), "kohya trains only the listed double blocks; FluxLoRA "
+                                                       "trains the blocks train_blocks names"),
+    "train_single_block_indices": (("", None, "all"), "kohya trains only the listed single blocks; FluxLoRA "
+                                                       "trains the blocks train_blocks names"),
+    "sample_prompts": (("", None), f"kohya renders sample images during training; {SAMPLES_NOT_YET}"),
+    "ip_noise_gamma": ((0, None, ""), "kohya perturbs the noise input (applies to FLUX); FluxLoRA does not"),
+    "loraplus_lr_ratio": ((0, None, ""), "LoRA+ learning-rate ratios are not supported here"),
+    "loraplus_unet_lr_ratio": ((0, None, ""), "LoRA+ learning-rate ratios are not supported here"),
+    "loraplus_text_encoder_lr_ratio": ((0, None, ""), "LoRA+ learning-rate ratios are not supported here"),
+    "network_dropout": ((0, None, ""), "LoRA dropout is not supported here"),
+    "rank_dropout": ((0, None, ""), "LoRA rank dropout is not supported here"),
+    "module_dropout": ((0, None, ""), "LoRA module dropout is not supported here"),
+    "shuffle_caption": ((False,), "kohya shuffles the comma-separated tags of each caption; FluxLoRA keeps "
+                                  "their order"),
+    "caption_dropout_rate": ((0, None, ""), "kohya drops whole captions at this rate; FluxLoRA does not"),
+    "caption_tag_dropout_rate": ((0, None, ""), "kohya drops tags at this rate; FluxLoRA does not"),
+    "flip_aug": ((False,), "kohya also trains on mirrored images; FluxLoRA does not"),
+    "loss_type": (("l2", "", None), "kohya uses this loss instead of the squared error; FluxLoRA uses the "
+                                    "squared error (l2)"),
+    "prior_loss_weight": ((1, 1.0, None, ""), "kohya weights the regularisation images' loss; FluxLoRA weights "
+                                              "every image 1"),
+    "masked_loss": ((False,), "kohya masks the loss with alpha masks; FluxLoRA does not"),
+    "scale_weight_norms": ((0, None, ""), "kohya rescales LoRA weights above this norm; FluxLoRA does not"),
+    "dataset_config": (("", None), "kohya reads the dataset from this TOML file; FluxLoRA reads train_data_dir"),
+    "additional_parameters": (("", None), "kohya passes these to sd-scripts as they are; FluxLoRA cannot read "
+                                          "them"),
+    "dim_from_weights": ((False,), "kohya takes the rank from network_weights; set network_dim to that rank"),
+}
+
+# Set in the file -> kohya ignores it for FLUX, and so do we (reported so it is not a surprise).
+FLUX_IGNORES = {
+    "noise_offset": "sd-scripts does not apply noise_offset to FLUX; neither does FluxLoRA (same result)",
+    "min_snr_gamma": "sd-scripts does not apply min_snr_gamma to FLUX; neither does FluxLoRA (same result)",
+}
+
+
+def read_kohya_only_keys(data: dict, values: dict, report) -> list[str]:
+    """Apply or report kohya's keys that are not options of ours; returns problems (refusals).
+
+    `values` holds what was read from the file's option keys (missing ones not yet filled);
+    `report` has `reinterpreted`, `unsupported` and `unknown_keys` lists and a `touched` set.
+    """
+    problems = []
+    model_type = str(data.get("model_type") or "flux").strip().lower()
+    if model_type not in ("flux", "flux1", "dev", "schnell"):
+        problems.append(f"model_type: {data['model_type']!r} is a FLUX variant FluxLoRA does not train "
+                        "(Chroma has no CLIP-L and another architecture); start from a FLUX.1 config")
+    acted = set()  # keys set in the file that change training; the rest stay in the "not used" list
+    for key, (off, why) in UNSUPPORTED.items():
+        if key in data and not _is_off(data[key], off):
+            report.unsupported.append(f"{key} = {data[key]!r}: {why}")
+            acted.add(key)
+    for key, why in FLUX_IGNORES.items():
+        if key in data and not _is_off(data[key], (0, None, "", False)):
+            report.reinterpreted.append(f"{key} = {data[key]!r}: {why}")
+            acted.add(key)
+    for apply in (_max_train_epochs, _split_mode, _old_block_swap):
+        acted |= apply(data, values, report)
+    if model_type != "flux":
+        acted.add("model_type")
+    report.unknown_keys[:] = [key for key in report.unknown_keys if key not in acted]
+    return problems
+
+
+def _is_off(raw: Any, off: tuple) -> bool:
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.lower() in ("false", "0", "0.0", "none", "") and (False in off or 0 in off or "" in off):
+            return True
+        return text in off
+    if isinstance(raw, bool) or raw is None:
+        return raw in off and (raw is not True)
+    if isinstance(raw, (int, float)):
+        return any(raw == value for value in off if not isinstance(value, (bool, str)) and value is not None)
+    return False
+
+
+def _number(raw: Any) -> float | None:
+    try:
+        return float(raw) if raw not in ("", None) and not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _max_train_epochs(data: dict, values: dict, report) -> set[str]:
+    epochs = _number(data.get("max_train_epochs"))
+    if not epochs:
+        return set()
+    if not epochs.is_integer() or epochs < 1:
+        report.unsupported.append(f"max_train_epochs = {data['max_train_epochs']!r}: not a whole number of epochs")
+        return {"max_train_epochs"}
+    values["epoch"], values["max_train_steps"] = int(epochs), 0
+    report.touched |= {"epoch", "max_train_steps"}
+    report.reinterpreted.append(
+        f"max_train_epochs = {int(epochs)}: epoch {int(epochs)} and max_train_steps 0 (in sd-scripts "
+        "max_train_epochs overrides epoch and max_train_steps)")
+    return {"max_train_epochs"}
+
+
+def _split_mode(data: dict, values: dict, report) -> set[str]:
+    raw = data.get("split_mode")
+    if raw is None or _is_off(raw, (False,)):
+        return set()
+    values["train_blocks"] = "single"
+    report.touched.add("train_blocks")
+    report.reinterpreted.append("split_mode = true: train_blocks 'single' (kohya_ss then trains the single "
+                                "blocks only); use blocks_to_swap to save memory")
+    return {"split_mode"}
+
+
+def _old_block_swap(data: dict, values: dict, report) -> set[str]:
+    double = int(_number(data.get("double_blocks_to_swap")) or 0)
+    single = int(_number(data.get("single_blocks_to_swap")) or 0)
+    if not (double or single):
+        return set()
+    keys = {key for key in ("double_blocks_to_swap", "single_blocks_to_swap") if key in data}
+    if values.get("blocks_to_swap"):
+        report.reinterpreted.append(
+            f"double_blocks_to_swap = {double}, single_blocks_to_swap = {single}: not used, blocks_to_swap "
+            f"{values['blocks_to_swap']} from the file decides (memory only, the LoRA is the same)")
+        return keys
+    count = max(double, 0) + -(-max(single, 0) // 2)  # kohya's blocks_to_swap: N//2 double, 2 single per rest
+    values["blocks_to_swap"] = min(count, 120)
+    report.touched.add("blocks_to_swap")
+    report.reinterpreted.append(
+        f"double_blocks_to_swap = {double}, single_blocks_to_swap = {single}: blocks_to_swap {values['blocks_to_swap']} "
+        "(about the same memory; the LoRA is the same)")
+    return keys
