@@ -1,0 +1,112 @@
+"""Continue from a state folder sd-scripts wrote (accelerate's save_state in its layout).
+
+Such a folder holds `model.safetensors` (the LoRA, kohya's keys), `optimizer.bin`,
+`scheduler.bin`, `random_states_0.pkl` and `train_state.json`. accelerate's own load_state
+cannot read it into our run: sd-scripts' optimizer lists the LoRA tensors in its module order
+(per double block img_mod, img_attn qkv/proj, img_mlp, then txt_...; per single block linear1,
+linear2, modulation), and its schedule is not a registered checkpoint object of ours. Here the
+optimizer state is moved to our tensors by name, the schedule is loaded and placed at the true
+step, and the random states are restored.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from engine.train_state import StateError
+
+OPTIMIZER_FILE, SCHEDULER_FILE, RANDOM_FILE = "optimizer.bin", "scheduler.bin", "random_states_0.pkl"
+# Module order inside sd-scripts' DoubleStreamBlock / SingleStreamBlock (its named_modules walk).
+_DOUBLE_ORDER = ("img_mod_lin", "img_attn_qkv", "img_attn_proj", "img_mlp_0", "img_mlp_2",
+                 "txt_mod_lin", "txt_attn_qkv", "txt_attn_proj", "txt_mlp_0", "txt_mlp_2")
+_SINGLE_ORDER = ("linear1", "linear2", "modulation_lin")
+_NAME = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(\w+?)\.lora_(down|up)\.weight$")
+
+
+def is_kohya_state(folder: Path) -> bool:
+    """sd-scripts' layout: its optimizer file next to model.safetensors, none of our adapter files."""
+    return (folder / OPTIMIZER_FILE).is_file() and (folder / "model.safetensors").is_file() and not (
+        folder / "adapter.safetensors").is_file()
+
+
+def kohya_parameter_order(names) -> list[str]:
+    """Our LoRA tensor names in the order sd-scripts' optimizer holds them."""
+    def key(name: str):
+        match = _NAME.match(name)
+        if match is None:
+            raise StateError(f"{name}: not a LoRA tensor sd-scripts trains on the FLUX transformer")
+        kind, block, layer, part = match.groups()
+        order = _DOUBLE_ORDER if kind == "double" else _SINGLE_ORDER
+        return (kind == "single", int(block), order.index(layer), part == "up")
+    return sorted(names, key=key)
+
+
+def load_kohya_optimizer(optimizer, named_params: dict[str, torch.nn.Parameter], path: Path) -> None:
+    """sd-scripts' optimizer.bin into our optimizer, tensor by tensor by name."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    groups, ours = saved["param_groups"], list(named_params)
+    count = sum(len(group["params"]) for group in groups)
+    if len(groups) != len(optimizer.param_groups) or count != len(ours):
+        raise StateError(
+            f"{path}: holds {count} tensors in {len(groups)} parameter group(s), this LoRA trains {len(ours)} in "
+            f"{len(optimizer.param_groups)}: kohya trained other layers (a CLIP-L LoRA, other train_blocks) or used "
+            "LoRA+ groups")
+    kohya_names = kohya_parameter_order(ours)
+    position = {name: index for index, name in enumerate(ours)}
+    saved_ids = [index for group in groups for index in group["params"]]
+    to_ours = {saved_id: position[kohya_names[rank]] for rank, saved_id in enumerate(saved_ids)}
+    state = {}
+    for saved_id, tensors in saved["state"].items():
+        index = to_ours[saved_id]
+        _check_shapes(tensors, named_params[ours[index]], ours[index], path)
+        state[index] = tensors
+    # Our single group lists our parameters in our order; the saved hyperparameters are kept.
+    optimizer.load_state_dict({"state": state,
+                               "param_groups": [dict(groups[0], params=list(range(len(ours))))]})
+
+
+def _check_shapes(tensors: dict, parameter: torch.Tensor, name: str, path: Path) -> None:
+    shape = tuple(parameter.shape)
+    expected = {"exp_avg": shape, "exp_avg_sq": shape, "momentum_buffer": shape,
+                "exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}
+    for key, want in expected.items():
+        value = tensors.get(key)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != want:
+            raise StateError(f"{path}: {name} has {key} of shape {tuple(value.shape)}, this LoRA's tensor is "
+                             f"{shape}: the rank or the model differs")
+
+
+def load_kohya_state(model, named_params: dict, folder: Path, true_step: int) -> list[str]:
+    """Optimizer, schedule (at the true step) and random states; returns what was loaded, for the log."""
+    load_kohya_optimizer(model.optimizer, named_params, folder / OPTIMIZER_FILE)
+    loaded = ["optimizer"]
+    if (folder / SCHEDULER_FILE).is_file():
+        model.scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, map_location="cpu", weights_only=True))
+        loaded.append(f"schedule (sd-scripts counted {model.scheduler.last_epoch} steps)")
+    # sd-scripts' schedule counts every step it ran, the ones redone after a resume too; ours
+    # continues at the true step.
+    model.scheduler.last_epoch = true_step
+    if (folder / RANDOM_FILE).is_file():
+        _restore_random_states(folder / RANDOM_FILE)
+        loaded.append("random states")
+    return loaded
+
+
+def _restore_random_states(path: Path) -> None:
+    import numpy as np
+
+    # accelerate writes this with torch.save and reads it back unrestricted; it is the user's own file.
+    states = torch.load(path, map_location="cpu", weights_only=False)
+    if "random_state" in states:
+        random.setstate(states["random_state"])
+    if "numpy_random_seed" in states:
+        np.random.set_state(states["numpy_random_seed"])
+    if "torch_manual_seed" in states:
+        torch.set_rng_state(states["torch_manual_seed"])
+    cuda = states.get("torch_cuda_manual_seed")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
