@@ -31,6 +31,20 @@ KOHYA_DEFAULTS: dict[str, Any] = {
     "flux1_cache_text_encoder_outputs_to_disk": False,
 }
 
+# kohya_ss keys we understand but do not keep as options, with the reason a user sees.
+KOHYA_IGNORED_REASONS = {
+    "flux1_checkbox": "FluxLoRA always trains FLUX.1",
+    "xformers": "FluxLoRA always uses PyTorch SDPA attention",
+    "sdxl": "FluxLoRA trains FLUX.1 only",
+    "v2": "FluxLoRA trains FLUX.1 only",
+    "v_parameterization": "FluxLoRA trains FLUX.1 only",
+    "model_list": "the model is given by its file path",
+    "save_model_as": "LoRAs are always saved as .safetensors",
+    "network_train_unet_only": "FluxLoRA always trains the transformer only",
+    "network_train_text_encoder_only": "FluxLoRA always trains the transformer only",
+    "lowvram": "use blocks_to_swap to save GPU memory",
+}
+
 SAMPLES_NOT_YET = "FluxLoRA does not render sample images yet"
 PER_MODULE_RANKS = ("ranks per layer type are not supported here: every layer trains at network_dim; "
                     "remove it to train kohya's way with one rank")

@@ -19,28 +19,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
-from engine.kohya_config import KOHYA_DEFAULTS, read_kohya_only_keys
+from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_only_keys
 from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
 UNSUPPORTED_TITLE = "Changes training in kohya, not supported here"
 REINTERPRETED_TITLE = "Reinterpreted (the value FluxLoRA uses)"
-
-# kohya_ss keys we understand but do not keep as options, with the reason a user sees.
-KOHYA_IGNORED_REASONS = {
-    "flux1_checkbox": "FluxLoRA always trains FLUX.1",
-    "xformers": "FluxLoRA always uses PyTorch SDPA attention",
-    "sdxl": "FluxLoRA trains FLUX.1 only",
-    "v2": "FluxLoRA trains FLUX.1 only",
-    "v_parameterization": "FluxLoRA trains FLUX.1 only",
-    "model_list": "the model is given by its file path",
-    "save_model_as": "LoRAs are always saved as .safetensors",
-    "network_train_unet_only": "FluxLoRA always trains the transformer only",
-    "network_train_text_encoder_only": "FluxLoRA always trains the transformer only",
-    "lowvram": "use blocks_to_swap to save GPU memory",
-}
-
 
 class PresetError(ValueError):
     """A preset that cannot be used; `problems` lists every reason, each naming its key."""
