@@ -2,9 +2,12 @@
 
 sd-scripts trains BFL's fused layers (double-block `qkv`, single-block `linear1`) as one LoRA
 each: one down matrix, one tall up matrix. diffusers splits those layers into `to_q`, `to_k`,
-`to_v` (and `proj_mlp`), so we give the split layers one *shared* lora_A parameter and
-separate lora_B's: mathematically the fused LoRA, saved exactly as sd-scripts saves it.
-The kohya key mapping is ours (diffusers' converter hard-codes FLUX.1's widths).
+`to_v` (and `proj_mlp`), so the split layers share one lora_A parameter, and their lora_B
+weights are row views (torch.nn.utils.parametrize) of one fused up parameter. The optimizer
+therefore sees exactly sd-scripts' tensors, one [rank, in] down and one [out, rank] up per
+layer (Adafactor's factored second moment is per tensor, so splitting up would change its
+steps), and peft still runs the forward. The kohya key mapping is ours (diffusers' converter
+hard-codes FLUX.1's widths).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ def lora_layers(transformer, train_blocks: str = "all") -> dict[str, tuple[str, 
 
 
 def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") -> None:
-    """Attach fp32 LoRA adapters (peft) to the sd-scripts layers; fused layers share lora_A."""
+    """Attach fp32 LoRA adapters (peft) to the sd-scripts layers, each fused layer as one
+    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts."""
     from peft import LoraConfig
 
+    alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
     targets = [module for modules in layers.values() for module in modules]
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
@@ -64,15 +69,50 @@ def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") ->
     transformer._fluxlora_layers = layers
     modules = dict(transformer.named_modules())
     for paths in layers.values():
-        first = modules[paths[0]]
-        for path in paths:
-            lora = modules[path]
+        parts = [modules[path] for path in paths]
+        for lora in parts:
             lora.lora_A[ADAPTER].float()
             lora.lora_B[ADAPTER].float()
-            if path != paths[0]:
-                lora.lora_A[ADAPTER].weight = first.lora_A[ADAPTER].weight
+            lora.lora_A[ADAPTER].weight = parts[0].lora_A[ADAPTER].weight
+        if len(parts) > 1:
+            _fuse_up([lora.lora_B[ADAPTER] for lora in parts])
     for parameter in lora_parameters(transformer):
         parameter.requires_grad_(True)
+
+
+def effective_alpha(alpha: float, rank: int) -> float:
+    """sd-scripts' rule: network_alpha 0 (or none) means alpha = rank."""
+    return float(rank) if alpha is None or alpha == 0 else float(alpha)
+
+
+class _Rows(torch.nn.Module):
+    """A parametrization: this layer's weight is rows [start, stop) of the fused up matrix."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return fused[self.start:self.stop]
+
+
+def _fuse_up(ups: list[torch.nn.Linear]) -> None:
+    from torch.nn.utils import parametrize
+
+    fused = torch.nn.Parameter(torch.cat([up.weight.detach() for up in ups], dim=0))
+    start = 0
+    for up in ups:
+        stop = start + up.weight.shape[0]
+        parametrize.register_parametrization(up, "weight", _Rows(start, stop), unsafe=True)
+        up.parametrizations.weight.original = fused  # one parameter shared by all parts
+        start = stop
+
+
+def _up_parameter(modules) -> torch.nn.Parameter:
+    up = modules[0].lora_B[ADAPTER]
+    if len(modules) > 1:
+        return up.parametrizations.weight.original
+    return up.weight
 
 
 def _lora_modules(transformer):
@@ -83,16 +123,19 @@ def _lora_modules(transformer):
     return {name: [modules[path] for path in paths] for name, paths in layers.items()}
 
 
+def lora_named_parameters(transformer) -> dict[str, torch.nn.Parameter]:
+    """kohya tensor name -> trainable parameter (`NAME.lora_down.weight`, `NAME.lora_up.weight`),
+    layer by layer in the order the file lists them: exactly the tensors sd-scripts trains."""
+    named = {}
+    for name, modules in _lora_modules(transformer).items():
+        named[f"{name}.lora_down.weight"] = modules[0].lora_A[ADAPTER].weight
+        named[f"{name}.lora_up.weight"] = _up_parameter(modules)
+    return named
+
+
 def lora_parameters(transformer) -> list[torch.nn.Parameter]:
-    """Every trainable LoRA parameter once (shared lora_A's are not repeated)."""
-    seen, params = set(), []
-    for modules in _lora_modules(transformer).values():
-        for module in modules:
-            for parameter in (module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight):
-                if id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    params.append(parameter)
-    return params
+    """Every trainable LoRA parameter once: one down and one up per kohya layer."""
+    return list(lora_named_parameters(transformer).values())
 
 
 def lora_state_dict(transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -106,7 +149,7 @@ def _iter_kohya_tensors(transformer, dtype):
         rank = first.r[ADAPTER]
         alpha = first.lora_alpha[ADAPTER]
         down = first.lora_A[ADAPTER].weight.detach()
-        up = torch.cat([module.lora_B[ADAPTER].weight.detach() for module in modules], dim=0)
+        up = _up_parameter(modules).detach()
         yield f"{name}.lora_down.weight", down.to(dtype).contiguous()
         yield f"{name}.lora_up.weight", up.to(dtype).contiguous()
         yield f"{name}.alpha", torch.tensor(float(alpha) if rank else 0.0).to(dtype)
@@ -138,7 +181,7 @@ def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]
     header, offset, order = {}, 0, []
     for name, modules in _lora_modules(transformer).items():  # shapes only, no tensors copied
         down = modules[0].lora_A[ADAPTER].weight
-        up_rows = sum(module.lora_B[ADAPTER].weight.shape[0] for module in modules)
+        up_rows = _up_parameter(modules).shape[0]
         for key, shape in ((f"{name}.lora_down.weight", list(down.shape)),
                            (f"{name}.lora_up.weight", [up_rows, down.shape[0]]), (f"{name}.alpha", [])):
             count = 1
@@ -192,8 +235,7 @@ def load_lora(transformer, path: str | Path) -> None:
     with torch.no_grad():
         for name, modules in modules_by_name.items():
             if name not in layers:
-                for module in modules:
-                    module.lora_B[ADAPTER].weight.zero_()
+                _up_parameter(modules).zero_()
                 continue
             down, up, file_alpha = layers[name]
             rank = modules[0].r[ADAPTER]
@@ -202,15 +244,14 @@ def load_lora(transformer, path: str | Path) -> None:
                                      f"network_dim to {down.shape[0]} to continue from this LoRA")
             # Without an alpha (diffusers convention) the scale is 1. A different alpha is
             # folded into lora_up, so the loaded LoRA computes exactly what the file does.
-            file_alpha = float(rank) if file_alpha is None else float(file_alpha.float())
+            file_alpha = effective_alpha(None if file_alpha is None else float(file_alpha.float()), rank)
             up = up.float() * (file_alpha / modules[0].lora_alpha[ADAPTER])
-            rows = [module.lora_B[ADAPTER].weight.shape[0] for module in modules]
-            if down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1] or up.shape[0] != sum(rows):
+            target_up = _up_parameter(modules)
+            if down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1] or up.shape != target_up.shape:
                 raise ModelFileError(f"{path}: {name} has shapes {tuple(down.shape)}/{tuple(up.shape)}, which do "
                                      "not fit this model; is the LoRA for a different FLUX model?")
             modules[0].lora_A[ADAPTER].weight.copy_(down.float())
-            for module, part in zip(modules, torch.split(up, rows, dim=0)):
-                module.lora_B[ADAPTER].weight.copy_(part)
+            target_up.copy_(up)
 
 
 def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
@@ -245,7 +286,8 @@ def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
                                  "them as one fused layer (as sd-scripts does) and cannot continue from this file")
         # Each part's alpha/rank scale is folded into its own rows of lora_up (scale 1 after).
         rank = downs[0].shape[0]
-        ups = [up.float() * ((rank if alpha is None else float(alpha)) / rank) for _, up, alpha in found]
+        ups = [up.float() * (effective_alpha(None if alpha is None else float(alpha), rank) / rank)
+               for _, up, alpha in found]
         layers[name] = (downs[0], torch.cat(ups, dim=0), None)
     if leftover:
         raise ModelFileError(f"{path}: tensors of no FLUX.1 LoRA layer ({sorted(leftover)[:3]}); expected a FLUX.1 "
