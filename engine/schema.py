@@ -156,7 +156,8 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("network_dim", "int", 64, BASIC, "Network rank (dim)", "LoRA rank.", minimum=1,
       maximum=1024),
     O("network_alpha", "float", 64.0, BASIC, "Network alpha",
-      "LoRA alpha; the update is scaled by alpha / rank.", minimum=0, maximum=1024),
+      "LoRA alpha; the update is scaled by alpha / rank. 0 means alpha = rank (scale 1), "
+      "as in sd-scripts.", minimum=0, maximum=1024),
     O("network_weights", "file", "", BASIC, "Start from LoRA",
       "Optional LoRA file to start from (ours, sd-scripts' or diffusers layout)."),
     O("max_resolution", "str", "768,768", BASIC, "Max resolution",

@@ -105,3 +105,14 @@ def test_network_alpha_0_means_alpha_equals_rank(tmp_path, rank):
     assert layer.scaling["default"] == 1.0
     state = lora_state_dict(model)
     assert float(state["lora_unet_double_blocks_0_img_attn_qkv.alpha"]) == float(rank)
+    # A run continued with alpha 0 loads its own file (before: a division by zero).
+    with torch.no_grad():
+        for parameter in lora_parameters(model):
+            parameter.normal_()
+    path = tmp_path / "alpha0.safetensors"
+    save_lora(model, path, precision="float")
+    again = tiny_flux(tmp_path)
+    add_lora(again, rank, 0.0)
+    load_lora(again, path)
+    for key, tensor in lora_state_dict(model).items():
+        assert torch.equal(lora_state_dict(again)[key], tensor), key
