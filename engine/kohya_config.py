@@ -184,6 +184,7 @@ def _old_block_swap(data: dict, values: dict, report) -> set[str]:
     values["blocks_to_swap"] = min(count, 120)
     report.touched.add("blocks_to_swap")
     report.reinterpreted.append(
-        f"double_blocks_to_swap = {double}, single_blocks_to_swap = {single}: blocks_to_swap {values['blocks_to_swap']} "
+        f"double_blocks_to_swap = {double}, single_blocks_to_swap = {single}: "
+        f"blocks_to_swap {values['blocks_to_swap']} "
         "(about the same memory; the LoRA is the same)")
     return keys

@@ -3,10 +3,14 @@
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from safetensors import safe_open
 
 from engine.events import Log
 from engine.preset import load_preset
+from engine.train_state import StateError
 from engine.trainer import train
 from tests.fixtures.datasets import tiny_training_values
 
@@ -40,3 +44,149 @@ def test_kohya_config_with_fp8_base_off_and_no_fp8_base_unet_trains_without_fp8(
     # kohya's other defaults for keys the file lacks went into the run too.
     assert (metadata["ss_timestep_sampling"], metadata["ss_model_prediction_type"],
             metadata["ss_guidance_scale"]) == ("sigma", "sigma_scaled", "3.5")
+
+
+# ---- a state folder as sd-scripts writes it ------------------------------------------------
+class _Modulation(torch.nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.lin = _linear(shape)
+
+
+class _SelfAttention(torch.nn.Module):
+    def __init__(self, qkv, proj):
+        super().__init__()
+        self.qkv, self.norm, self.proj = _linear(qkv), torch.nn.Identity(), _linear(proj)
+
+
+class _DoubleStreamBlock(torch.nn.Module):
+    """The attribute order of sd-scripts' flux_models.DoubleStreamBlock (its named_modules walk)."""
+
+    def __init__(self, shapes, i):
+        super().__init__()
+        def s(name):
+            return shapes[f"double_blocks.{i}.{name}.weight"]
+        self.img_mod = _Modulation(s("img_mod.lin"))
+        self.img_norm1 = torch.nn.Identity()
+        self.img_attn = _SelfAttention(s("img_attn.qkv"), s("img_attn.proj"))
+        self.img_norm2 = torch.nn.Identity()
+        self.img_mlp = torch.nn.Sequential(_linear(s("img_mlp.0")), torch.nn.GELU(), _linear(s("img_mlp.2")))
+        self.txt_mod = _Modulation(s("txt_mod.lin"))
+        self.txt_norm1 = torch.nn.Identity()
+        self.txt_attn = _SelfAttention(s("txt_attn.qkv"), s("txt_attn.proj"))
+        self.txt_norm2 = torch.nn.Identity()
+        self.txt_mlp = torch.nn.Sequential(_linear(s("txt_mlp.0")), torch.nn.GELU(), _linear(s("txt_mlp.2")))
+
+
+class _SingleStreamBlock(torch.nn.Module):
+    def __init__(self, shapes, i):
+        super().__init__()
+        self.linear1 = _linear(shapes[f"single_blocks.{i}.linear1.weight"])
+        self.linear2 = _linear(shapes[f"single_blocks.{i}.linear2.weight"])
+        self.norm, self.pre_norm, self.mlp_act = torch.nn.Identity(), torch.nn.Identity(), torch.nn.GELU()
+        self.modulation = _Modulation(shapes[f"single_blocks.{i}.modulation.lin.weight"])
+
+
+def _linear(shape):
+    return torch.nn.Linear(shape[1], shape[0], bias=False, device="meta")
+
+
+class _LoRAModule(torch.nn.Module):
+    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.lora_down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.lora_up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.normal_(self.lora_up.weight, std=0.01)
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+
+
+def sd_scripts_lora_network(model_file, rank, alpha):
+    """sd-scripts' LoRANetwork on the tiny model: one LoRAModule per Linear of each block, found by walking
+    the blocks' modules in their definition order, registered under kohya's names."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_file), "pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    double = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("double_blocks."))
+    single = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("single_blocks."))
+    flux = torch.nn.Module()
+    flux.double_blocks = torch.nn.ModuleList(_DoubleStreamBlock(shapes, i) for i in range(double))
+    flux.single_blocks = torch.nn.ModuleList(_SingleStreamBlock(shapes, i) for i in range(single))
+    network = torch.nn.Module()
+    for name, block in flux.named_modules():
+        if isinstance(block, (_DoubleStreamBlock, _SingleStreamBlock)):
+            for child_name, child in block.named_modules():
+                if isinstance(child, torch.nn.Linear):
+                    network.add_module(f"lora_unet_{name}.{child_name}".replace(".", "_"),
+                                       _LoRAModule(child, rank, alpha))
+    return network
+
+
+def write_sd_scripts_state(folder, model_file, epoch, step, rank=4, alpha=4.0, lr=1e-3):
+    """Train sd-scripts' network three AdamW steps, then accelerate's save_state as sd-scripts calls it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from diffusers.optimization import get_scheduler
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    torch.manual_seed(7)
+    network = sd_scripts_lora_network(model_file, rank, alpha)
+    params = [p for module in network.children() for p in module.parameters()]  # sd-scripts' single group
+    optimizer = torch.optim.AdamW([{"params": params, "lr": lr}])
+    scheduler = get_scheduler("constant", optimizer)
+    accelerator = Accelerator(cpu=True)
+    network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    accelerator.save_state(str(folder))
+    (folder / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
+    return {name: optimizer.state[p] for name, p in network.named_parameters()}
+
+
+def test_sd_scripts_optimizer_state_lands_on_our_tensors_by_name(tiny_model_files, tmp_path):
+    from engine.models.lora import add_lora, lora_named_parameters
+    from engine.models.flux import load_flux_transformer
+    from engine.training.kohya_resume import load_kohya_optimizer
+    from engine.training.optim import create_optimizer
+
+    folder = tmp_path / "ohwx-step00000014-state"
+    expected = write_sd_scripts_state(folder, tiny_model_files.values["pretrained_model_name_or_path"], 2, 14)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl",
+                                                        "scheduler.bin", "train_state.json"]
+    transformer = load_flux_transformer(tiny_model_files.values["pretrained_model_name_or_path"], fp8=False,
+                                        compute_dtype=torch.float32, device="cpu")
+    add_lora(transformer, 4, 4.0)
+    named = lora_named_parameters(transformer)
+    values = tiny_training_values(tiny_model_files, tmp_path)
+    optimizer = create_optimizer(values, list(named.values()))
+    load_kohya_optimizer(optimizer, named, folder / "optimizer.bin")
+    assert list(named) != list(expected)  # our order differs from sd-scripts': the mapping is by name
+    assert set(named) == set(expected)
+    other = create_optimizer(dict(values, optimizer="Adafactor", optimizer_args="relative_step=False"), list(named.values()))
+    with pytest.raises(StateError, match="optimizer.bin: written by another optimizer .its settings: amsgrad, betas"):
+        load_kohya_optimizer(other, named, folder / "optimizer.bin")
+    for name, parameter in named.items():
+        ours = optimizer.state[parameter]
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(ours[key], expected[name][key]), (name, key)
+
+
+def test_resume_from_an_sd_scripts_state_folder_loads_its_optimizer_and_continues_at_the_true_step(
+        tiny_model_files, tmp_path):
+    values = tiny_training_values(tiny_model_files, tmp_path, images=5, repeats=2, epoch=3, save_every_n_epochs=0)
+    # run 2 of sd-scripts (resumed after epoch 1 at 10 steps per epoch) saved at its step 4: (2, 4) is step 14.
+    folder = tmp_path / "kohya" / "run2-step00000004-state"
+    write_sd_scripts_state(folder, values["pretrained_model_name_or_path"], 2, 4)
+    events = []
+    result = train(dict(values, resume=str(folder)), on_event=events.append)
+    assert (result.status, result.steps) == ("completed", 30), result.message
+    logged = [e.text for e in events if isinstance(e, Log)]
+    assert ("kohya's state run2-step00000004-state: optimizer, schedule (sd-scripts counted 3 steps), random states "
+            "loaded; continuing at step 14") in logged
+    assert not any("fresh optimizer" in text for text in logged)
+    assert [e.done for e in events if getattr(e, "phase", None) == "training"] == list(range(15, 31))

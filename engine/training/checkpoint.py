@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.events import SAVING
 from engine.fsutil import atomic_dir
 from engine.train_state import RunRecord, StateError, TrainState, fix_train_state, write_train_state
+from engine.training.kohya_resume import is_kohya_state, load_kohya_state
 from engine.training.reporting import RunReporter
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
@@ -36,8 +37,9 @@ def read_resume_state(resume_dir: Path | None, steps_per_epoch: int, reporter: R
     except StateError as exc:
         raise StateError(f"resume: {exc}") from None
     if report.changed:
-        reporter.log(f"repaired {resume_dir.name}/train_state.json: current_step {report.before.current_step} "
-                     f"-> {report.after.current_step} ({report.reason}); the original is train_state.json.bak", "warning")
+        reporter.log(f"repaired {resume_dir.name}/train_state.json: current_step {report.before.current_step} -> "
+                     f"{report.after.current_step} ({report.reason}); the original is train_state.json.bak",
+                     "warning")
     state = report.after
     if state_adapter_file(resume_dir) is None:
         raise StateError(f"resume: {resume_dir} holds no LoRA weights (adapter.safetensors or model.safetensors)")
@@ -49,8 +51,15 @@ def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, learni
     """Optimizer and schedule from the state folder; this run's learning rate replaces the saved one."""
     scheduler, optimizer = model.scheduler, model.optimizer
     try:
-        accelerator.load_state(str(resume_dir))
-    except Exception as exc:  # another optimizer, or kohya's layout: the LoRA still continues
+        if is_kohya_state(resume_dir):
+            from engine.models.lora import lora_named_parameters
+
+            named = lora_named_parameters(accelerator.unwrap_model(model.transformer))
+            loaded = load_kohya_state(model, named, resume_dir, step)
+            reporter.log(f"kohya's state {resume_dir.name}: {', '.join(loaded)} loaded; continuing at step {step}")
+        else:
+            accelerator.load_state(str(resume_dir))
+    except Exception as exc:  # another optimizer or rank: the LoRA still continues
         reporter.log(f"the optimizer state in {resume_dir.name} does not fit ({type(exc).__name__}: "
                      f"{str(exc)[:120]}); continuing with a fresh optimizer state", "warning")
         scheduler.last_epoch = step  # keep the learning-rate schedule where the run was

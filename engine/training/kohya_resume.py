@@ -55,6 +55,11 @@ def load_kohya_optimizer(optimizer, named_params: dict[str, torch.nn.Parameter],
             f"{path}: holds {count} tensors in {len(groups)} parameter group(s), this LoRA trains {len(ours)} in "
             f"{len(optimizer.param_groups)}: kohya trained other layers (a CLIP-L LoRA, other train_blocks) or used "
             "LoRA+ groups")
+    settings = lambda group: set(group) - {"params", "lr", "initial_lr"}  # noqa: E731
+    if settings(groups[0]) != settings(optimizer.param_groups[0]):
+        written = ", ".join(sorted(settings(groups[0])))
+        raise StateError(f"{path}: written by another optimizer (its settings: {written}); "
+                         "choose the optimizer kohya trained with to continue its optimizer state")
     kohya_names = kohya_parameter_order(ours)
     position = {name: index for index, name in enumerate(ours)}
     saved_ids = [index for group in groups for index in group["params"]]
