@@ -190,3 +190,79 @@ def test_resume_from_an_sd_scripts_state_folder_loads_its_optimizer_and_continue
             "loaded; continuing at step 14") in logged
     assert not any("fresh optimizer" in text for text in logged)
     assert [e.done for e in events if getattr(e, "phase", None) == "training"] == list(range(15, 31))
+
+
+# ---- LoRA files with a rank per layer type, and input-layer LoRAs ---------------------------
+def write_per_type_rank_lora(tiny_model_files, path):
+    """What sd-scripts writes with img_attn_dim=8, txt_mod_dim=0 and in_dims=[2,2,0,0,2] at network_dim 4."""
+    from safetensors.torch import save_file
+
+    from engine.models.flux import load_flux_transformer
+    from engine.models.lora import add_lora, lora_state_dict
+
+    transformer = load_flux_transformer(tiny_model_files.values["pretrained_model_name_or_path"], fp8=False,
+                                        compute_dtype=torch.float32, device="cpu")
+    add_lora(transformer, 4, 4.0)
+    generator = torch.Generator().manual_seed(3)
+    tensors = {}
+    for key, tensor in lora_state_dict(transformer).items():
+        name = key.split(".")[0]
+        if "_txt_mod_" in name:
+            continue  # rank 0: sd-scripts makes no LoRA there
+        rank = 8 if "_img_attn_" in name else 4
+        if key.endswith(".alpha"):
+            tensors[key] = torch.tensor(float(rank) / 2)
+        else:
+            shape = (rank, tensor.shape[1]) if key.endswith("lora_down.weight") else (tensor.shape[0], rank)
+            tensors[key] = torch.randn(shape, generator=generator) * 0.1
+    shapes = {"lora_unet_img_in": transformer.x_embedder, "lora_unet_txt_in": transformer.context_embedder,
+              "lora_unet_time_in_in_layer": transformer.time_text_embed.timestep_embedder.linear_1,
+              "lora_unet_time_in_out_layer": transformer.time_text_embed.timestep_embedder.linear_2}
+    for name, linear in shapes.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(2, linear.in_features, generator=generator) * 0.1
+        tensors[f"{name}.lora_up.weight"] = torch.randn(linear.out_features, 2, generator=generator) * 0.1
+        tensors[f"{name}.alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_per_type_rank_and_in_dims_lora_loads_with_its_ranks_and_computes_as_the_file(tiny_model_files, tmp_path):
+    from engine.models.flux import load_flux_transformer
+    from engine.models.lora import add_lora, load_lora, lora_state_dict
+    from engine.models.lora_ranks import describe_ranks, per_layer_ranks
+
+    path = tmp_path / "per type.safetensors"
+    written = write_per_type_rank_lora(tiny_model_files, path)
+    ranks = per_layer_ranks(path)
+    assert describe_ranks(ranks) == "img_attn 8, img_mlp 4, img_mod 4, txt_attn 4, txt_mlp 4, in 2, single 4, single_mod 4"
+    transformer = load_flux_transformer(tiny_model_files.values["pretrained_model_name_or_path"], fp8=False,
+                                        compute_dtype=torch.float32, device="cpu")
+    add_lora(transformer, 64, 64.0, ranks=ranks)  # network_dim does not matter: the file decides
+    load_lora(transformer, path)
+    back = lora_state_dict(transformer)
+    assert set(back) == set(written)
+    for key, tensor in written.items():
+        assert torch.allclose(back[key], tensor), key
+    # The input-layer LoRA acts on its layer: out = W x + alpha / rank * up down x.
+    linear = transformer.x_embedder
+    x = torch.randn(3, linear.in_features)
+    base = torch.nn.functional.linear(x, linear.base_layer.weight, linear.base_layer.bias)
+    delta = x @ written["lora_unet_img_in.lora_down.weight"].T @ written["lora_unet_img_in.lora_up.weight"].T
+    assert torch.allclose(linear(x), base + delta * (2.0 / 2), atol=1e-6)
+
+
+def test_training_from_a_per_type_rank_lora_keeps_its_layers_and_ranks(tiny_model_files, tmp_path):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "per type.safetensors"
+    written = write_per_type_rank_lora(tiny_model_files, path)
+    values = tiny_training_values(tiny_model_files, tmp_path, max_train_steps=1, network_weights=str(path),
+                                  fp8_base=True)  # on the fp8 base, as users train
+    events = []
+    result = train(values, on_event=events.append)
+    assert result.status == "completed", result.message
+    logged = [e.text for e in events if isinstance(e, Log)]
+    assert any(text.startswith("per type.safetensors has its own rank per layer (img_attn 8, img_mlp 4") and
+               text.endswith("network_dim is not used") for text in logged)
+    trained = load_file(str(Path(values["output_dir"]) / "tiny.safetensors"))
+    assert {k: tuple(v.shape) for k, v in trained.items()} == {k: tuple(v.shape) for k, v in written.items()}

@@ -56,15 +56,32 @@ def lora_layers(transformer, train_blocks: str = "all") -> dict[str, tuple[str, 
     return layers
 
 
-def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") -> None:
+def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ranks=None) -> None:
     """Attach fp32 LoRA adapters (peft) to the sd-scripts layers, each fused layer as one
-    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts."""
+    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts.
+    `ranks` (engine.models.lora_ranks.LayerRanks, read from a file): exactly the file's layers at
+    its ranks and alphas, input layers included, as sd-scripts' dim_from_weights."""
+    import re
+
     from peft import LoraConfig
 
     alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
+    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    if ranks is not None:
+        from engine.models.lora_ranks import INPUT_LAYERS, check_ranks_fit
+
+        modules = dict(transformer.named_modules())
+        layers.update({name: (path,) for name, path in INPUT_LAYERS.items() if path in modules})
+        check_ranks_fit(ranks, layers)
+        layers = {name: paths for name, paths in layers.items() if name in ranks.ranks}
+        for name, paths in layers.items():
+            layer_rank, layer_alpha = ranks.ranks[name]
+            for path in paths:
+                patterns["rank_pattern"][re.escape(path)] = layer_rank
+                patterns["alpha_pattern"][re.escape(path)] = effective_alpha(layer_alpha, layer_rank)
     targets = [module for modules in layers.values() for module in modules]
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets, **patterns)
     transformer.add_adapter(config, adapter_name=ADAPTER)
     transformer._fluxlora_layers = layers
     modules = dict(transformer.named_modules())

@@ -25,6 +25,9 @@ _DOUBLE_ORDER = ("img_mod_lin", "img_attn_qkv", "img_attn_proj", "img_mlp_0", "i
                  "txt_mod_lin", "txt_attn_qkv", "txt_attn_proj", "txt_mlp_0", "txt_mlp_2")
 _SINGLE_ORDER = ("linear1", "linear2", "modulation_lin")
 _NAME = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(\w+?)\.lora_(down|up)\.weight$")
+# in_dims layers come after the blocks, in sd-scripts' filter order (img, time, vector, guidance, txt).
+_INPUT_ORDER = ("img_in", "time_in_in_layer", "time_in_out_layer", "vector_in_in_layer", "vector_in_out_layer",
+                "guidance_in_in_layer", "guidance_in_out_layer", "txt_in")
 
 
 def is_kohya_state(folder: Path) -> bool:
@@ -36,12 +39,15 @@ def is_kohya_state(folder: Path) -> bool:
 def kohya_parameter_order(names) -> list[str]:
     """Our LoRA tensor names in the order sd-scripts' optimizer holds them."""
     def key(name: str):
+        layer, _, part = name.removeprefix("lora_unet_").partition(".lora_")
+        if layer in _INPUT_ORDER:
+            return (2, _INPUT_ORDER.index(layer), 0, part.startswith("up"))
         match = _NAME.match(name)
         if match is None:
             raise StateError(f"{name}: not a LoRA tensor sd-scripts trains on the FLUX transformer")
         kind, block, layer, part = match.groups()
         order = _DOUBLE_ORDER if kind == "double" else _SINGLE_ORDER
-        return (kind == "single", int(block), order.index(layer), part == "up")
+        return (int(kind == "single"), int(block), order.index(layer), part == "up")
     return sorted(names, key=key)
 
 
