@@ -46,8 +46,8 @@ KOHYA_IGNORED_REASONS = {
 }
 
 SAMPLES_NOT_YET = "FluxLoRA does not render sample images yet"
-PER_MODULE_RANKS = ("ranks per layer type are not supported here: every layer trains at network_dim; "
-                    "remove it to train kohya's way with one rank")
+PER_MODULE_RANKS = ("ranks per layer type are not set from a config here: every layer trains at network_dim "
+                    "(a LoRA file trained with them does load as network_weights, with its ranks)")
 
 # Set in the file -> kohya trains differently and we cannot. key: (values that mean "off", why).
 UNSUPPORTED: dict[str, tuple[tuple, str]] = {
