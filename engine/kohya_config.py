@@ -124,16 +124,26 @@ def read_kohya_only_keys(data: dict, values: dict, report) -> list[str]:
 
 
 def _is_off(raw: Any, off: tuple) -> bool:
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.lower() in ("false", "0", "0.0", "none", "") and (False in off or 0 in off or "" in off):
-            return True
-        return text in off
-    if isinstance(raw, bool) or raw is None:
-        return raw in off and (raw is not True)
-    if isinstance(raw, (int, float)):
-        return any(raw == value for value in off if not isinstance(value, (bool, str)) and value is not None)
-    return False
+    """Whether the file's value is one of the "off" values, whatever kohya wrote it as ("0", 0.0, "False")."""
+    return _normal(raw) in [_normal(value) for value in off]
+
+
+def _normal(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if text.lower() == "none":
+            return ""
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if isinstance(value, bool):
+        return value
+    return float(value) if isinstance(value, (int, float)) else value
 
 
 def _number(raw: Any) -> float | None:

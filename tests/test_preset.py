@@ -251,7 +251,8 @@ def test_kohya_keys_that_change_training_are_applied_or_reported():
     config = dict(KOHYA_FLUX_CONFIG, max_train_epochs="20", split_mode=True, blocks_to_swap=0,
                   double_blocks_to_swap=6, single_blocks_to_swap=9, train_t5xxl=True, in_dims="[4,0,0,0,4]",
                   img_attn_dim="8", train_double_block_indices="0-3", noise_offset=0.05,
-                  sample_prompts="ohwx man --w 512", loraplus_lr_ratio=0, shuffle_caption=False)
+                  sample_prompts="ohwx man --w 512", loraplus_lr_ratio=0, shuffle_caption=False,
+                  prior_loss_weight="1", loss_type="l2", network_dropout="0", flip_aug="False")
     result = parse_preset(config)
     values = result.values
     assert (values["epoch"], values["max_train_steps"], values["train_blocks"], values["blocks_to_swap"]) == (
@@ -275,7 +276,8 @@ def test_kohya_keys_that_change_training_are_applied_or_reported():
     # Set keys are never listed as "not used"; off ones (loraplus 0, shuffle_caption false) are.
     for key in ("max_train_epochs", "split_mode", "train_t5xxl", "in_dims", "noise_offset", "sample_prompts"):
         assert key not in result.unknown_keys
-    assert {"loraplus_lr_ratio", "shuffle_caption"} <= set(result.unknown_keys)
+    assert {"loraplus_lr_ratio", "shuffle_caption", "prior_loss_weight", "loss_type", "network_dropout",
+            "flip_aug"} <= set(result.unknown_keys)
     assert "epoch" not in result.used_as_is() and "blocks_to_swap" not in result.used_as_is()
     titles = [title for title, _ in result.groups()]
     assert titles[:3] == ["Changes training in kohya, not supported here", "Reinterpreted (the value FluxLoRA uses)",
