@@ -164,3 +164,25 @@ def test_find_latest_state_picks_most_steps_and_skips_partial_and_other_names(tm
     (tmp_path / "ohwx-000002-state").mkdir()  # no train_state.json
     assert find_latest_state(tmp_path, "ohwx") == tmp_path / "ohwx-step00000015-state"
     assert find_latest_state(tmp_path / "missing", "ohwx") is None
+
+
+def test_fix_state_cli_asks_when_the_file_cannot_tell_and_takes_the_answer(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    folder = kohya_state(tmp_path / "ohwx state", 2, 6)  # mid-epoch 2 of some run: the steps per epoch decide
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engine", "fix-state", str(folder), *args],
+                              capture_output=True, text=True, cwd=root)
+
+    asked = cli()
+    assert asked.returncode == 1
+    assert asked.stderr.startswith(f"error: {folder}: kohya's file does not say how many steps an epoch has")
+    assert "(--steps-per-epoch N or --preset FILE) or the true step (--step N)" in asked.stderr
+    answered = cli("--step", "18")
+    assert answered.returncode == 0 and answered.stdout.startswith(f"{folder}: current_step 6 -> 18: step 18 as you gave it")
+    again = cli("--steps-per-epoch", "12")
+    assert again.stdout.startswith(f"{folder}: nothing to repair: already repaired")
