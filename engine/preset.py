@@ -20,7 +20,8 @@ from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
 from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_only_keys
-from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option
+from engine.preset_migrations import upgrade
+from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
@@ -118,14 +119,11 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
         raise PresetError(source, [f"a preset is a JSON object {{...}}, not {type(data).__name__}"])
     problems: list[str] = []
     if "preset_version" in data:
-        version = data["preset_version"]
-        if version != PRESET_VERSION or isinstance(version, bool):
-            newer = isinstance(version, int) and version > PRESET_VERSION
-            hint = " (written by a newer FluxLoRA: update FluxLoRA)" if newer else ""
-            raise PresetError(
-                source, [f"preset_version: {version!r} is not supported, expected {PRESET_VERSION}{hint}"]
-            )
-        result = LoadResult(values={}, format=FLUXLORA)
+        try:
+            data, upgrade_notes = upgrade(data)
+        except ValueError as exc:
+            raise PresetError(source, [str(exc)]) from None
+        result = LoadResult(values={}, format=FLUXLORA, notes=upgrade_notes)
     else:
         result = LoadResult(values={}, format=KOHYA_SS)
         _check_kohya_is_flux(data, problems)
@@ -252,15 +250,11 @@ def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tup
                     return choice, f"{key}: {raw!r} read as {choice!r}"
         return raw, None
     if lenient and isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        text = _number_text(raw)
+        text = format_number(raw)
         return text, f"{key}: {raw!r} read as the text {text!r}"
     if lenient and raw is None:
         return "", f"{key}: null read as empty"
     raise bad
-
-
-def _number_text(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else str(number)
 
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
