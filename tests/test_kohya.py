@@ -164,12 +164,12 @@ def test_sd_scripts_optimizer_state_lands_on_our_tensors_by_name(tiny_model_file
     named = lora_named_parameters(transformer)
     values = tiny_training_values(tiny_model_files, tmp_path)
     optimizer = create_optimizer(values, list(named.values()))
-    load_kohya_optimizer(optimizer, named, folder / "optimizer.bin")
+    load_kohya_optimizer(optimizer, [named], folder / "optimizer.bin")
     assert list(named) != list(expected)  # our order differs from sd-scripts': the mapping is by name
     assert set(named) == set(expected)
     other = create_optimizer(dict(values, optimizer="Adafactor", optimizer_args="relative_step=False"), list(named.values()))
     with pytest.raises(StateError, match="optimizer.bin: written by another optimizer .its settings: amsgrad, betas"):
-        load_kohya_optimizer(other, named, folder / "optimizer.bin")
+        load_kohya_optimizer(other, [named], folder / "optimizer.bin")
     for name, parameter in named.items():
         ours = optimizer.state[parameter]
         for key in ("exp_avg", "exp_avg_sq", "step"):

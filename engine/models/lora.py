@@ -62,25 +62,15 @@ def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ra
     down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts.
     `ranks` (engine.models.lora_ranks.LayerRanks, read from a file): exactly the file's layers at
     its ranks and alphas, input layers included, as sd-scripts' dim_from_weights."""
-    import re
-
     from peft import LoraConfig
 
     alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
-    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    patterns = {}
     if ranks is not None:
-        from engine.models.lora_ranks import INPUT_LAYERS, check_ranks_fit
+        from engine.models.lora_ranks import file_layers_and_patterns
 
-        modules = dict(transformer.named_modules())
-        layers.update({name: (path,) for name, path in INPUT_LAYERS.items() if path in modules})
-        check_ranks_fit(ranks, layers)
-        layers = {name: paths for name, paths in layers.items() if name in ranks.ranks}
-        for name, paths in layers.items():
-            layer_rank, layer_alpha = ranks.ranks[name]
-            for path in paths:
-                patterns["rank_pattern"][re.escape(path)] = layer_rank
-                patterns["alpha_pattern"][re.escape(path)] = effective_alpha(layer_alpha, layer_rank)
+        layers, patterns = file_layers_and_patterns(transformer, layers, ranks)
     targets = [module for modules in layers.values() for module in modules]
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets, **patterns)
     transformer.add_adapter(config, adapter_name=ADAPTER)
@@ -133,36 +123,44 @@ def _up_parameter(modules) -> torch.nn.Parameter:
     return up.weight
 
 
-def _lora_modules(transformer):
-    layers = getattr(transformer, "_fluxlora_layers", None)
-    if layers is None:
-        raise ValueError("the transformer has no FluxLoRA adapters; call add_lora first")
-    modules = dict(transformer.named_modules())
-    return {name: [modules[path] for path in paths] for name, paths in layers.items()}
+def _parts(models) -> list:
+    """A LoRA's models: the transformer alone, or (transformer, CLIP-L) when CLIP-L trains too."""
+    return [model for model in (models if isinstance(models, (tuple, list)) else (models,)) if model is not None]
 
 
-def lora_named_parameters(transformer) -> dict[str, torch.nn.Parameter]:
+def _lora_modules(models):
+    found = {}
+    for model in _parts(models):
+        layers = getattr(model, "_fluxlora_layers", None)
+        if layers is None:
+            raise ValueError("the model has no FluxLoRA adapters; call add_lora first")
+        modules = dict(model.named_modules())
+        found.update({name: [modules[path] for path in paths] for name, paths in layers.items()})
+    return found
+
+
+def lora_named_parameters(models) -> dict[str, torch.nn.Parameter]:
     """kohya tensor name -> trainable parameter (`NAME.lora_down.weight`, `NAME.lora_up.weight`),
     layer by layer in the order the file lists them: exactly the tensors sd-scripts trains."""
     named = {}
-    for name, modules in _lora_modules(transformer).items():
+    for name, modules in _lora_modules(models).items():
         named[f"{name}.lora_down.weight"] = modules[0].lora_A[ADAPTER].weight
         named[f"{name}.lora_up.weight"] = _up_parameter(modules)
     return named
 
 
-def lora_parameters(transformer) -> list[torch.nn.Parameter]:
+def lora_parameters(models) -> list[torch.nn.Parameter]:
     """Every trainable LoRA parameter once: one down and one up per kohya layer."""
-    return list(lora_named_parameters(transformer).values())
+    return list(lora_named_parameters(models).values())
 
 
-def lora_state_dict(transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def lora_state_dict(models, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The adapters in kohya's layout: down (shared A), up (B's stacked), alpha."""
-    return dict(_iter_kohya_tensors(transformer, dtype))
+    return dict(_iter_kohya_tensors(models, dtype))
 
 
-def _iter_kohya_tensors(transformer, dtype):
-    for name, modules in _lora_modules(transformer).items():
+def _iter_kohya_tensors(models, dtype):
+    for name, modules in _lora_modules(models).items():
         first = modules[0]
         rank = first.r[ADAPTER]
         alpha = first.lora_alpha[ADAPTER]
@@ -173,7 +171,7 @@ def _iter_kohya_tensors(transformer, dtype):
         yield f"{name}.alpha", torch.tensor(float(alpha) if rank else 0.0).to(dtype)
 
 
-def save_lora(transformer, path: str | Path, *, precision: str = "fp16", metadata: dict[str, str] | None = None,
+def save_lora(models, path: str | Path, *, precision: str = "fp16", metadata: dict[str, str] | None = None,
               mem_eff: bool = False) -> None:
     """Write the adapters as a kohya-layout .safetensors file, atomically.
 
@@ -184,20 +182,20 @@ def save_lora(transformer, path: str | Path, *, precision: str = "fp16", metadat
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         if mem_eff:
-            _stream_safetensors(tmp, transformer, dtype, metadata)
+            _stream_safetensors(tmp, models, dtype, metadata)
         else:
             from safetensors.torch import save_file
 
-            save_file(lora_state_dict(transformer, dtype), str(tmp), metadata=metadata)
+            save_file(lora_state_dict(models, dtype), str(tmp), metadata=metadata)
 
 
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
 
-def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]) -> None:
+def _stream_safetensors(path: Path, models, dtype, metadata: dict[str, str]) -> None:
     size = torch.tensor([], dtype=dtype).element_size()
     header, offset, order = {}, 0, []
-    for name, modules in _lora_modules(transformer).items():  # shapes only, no tensors copied
+    for name, modules in _lora_modules(models).items():  # shapes only, no tensors copied
         down = modules[0].lora_A[ADAPTER].weight
         up_rows = _up_parameter(modules).shape[0]
         for key, shape in ((f"{name}.lora_down.weight", list(down.shape)),
@@ -215,12 +213,12 @@ def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
-        for key, tensor in _iter_kohya_tensors(transformer, dtype):
+        for key, tensor in _iter_kohya_tensors(models, dtype):
             handle.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.ndim else
                          tensor.reshape(1).view(torch.uint8).numpy().tobytes())
 
 
-def load_lora(transformer, path: str | Path) -> None:
+def load_lora(models, path: str | Path) -> None:
     """Load a LoRA file into the adapters so they compute exactly what the file does.
 
     Layouts: ours / sd-scripts' (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`),
@@ -237,15 +235,12 @@ def load_lora(transformer, path: str | Path) -> None:
     path = Path(path)
     header = read_header(path, "a FLUX.1 LoRA file")
     names = list(header.tensors)
-    text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
-    if text_encoder:
-        raise ModelFileError(f"{path}: also trains a text encoder ({text_encoder[0]}); FluxLoRA trains the "
-                             "transformer only and cannot continue from it exactly")
+    _check_text_encoder_part(names, models, path)
     if not any(".lora_down." in name or ".lora_A." in name for name in names):
         raise ModelFileError(f"{path}: this looks like {describe(header.shapes())}; "
                              "expected a FLUX.1 LoRA (lora_unet_* or lora_A/lora_B tensors)")
-    layers = _file_layers(load_file(str(path)), transformer, path)
-    modules_by_name = _lora_modules(transformer)
+    layers = _file_layers(load_file(str(path)), _parts(models)[0], path)
+    modules_by_name = _lora_modules(models)
     unknown = sorted(set(layers) - set(modules_by_name))
     if unknown:
         raise ModelFileError(f"{path}: has layers this model lacks or does not train ({unknown[:3]}); "
@@ -272,6 +267,20 @@ def load_lora(transformer, path: str | Path) -> None:
             target_up.copy_(up)
 
 
+def _check_text_encoder_part(names: list[str], models, path: Path) -> None:
+    """A CLIP-L part (lora_te1_*) loads when CLIP-L trains too; any other text-encoder part is refused."""
+    text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
+    other = [name for name in text_encoder if not name.startswith("lora_te1_")]
+    if other:
+        raise ModelFileError(f"{path}: has a text-encoder part FluxLoRA does not train ({other[0]}); only "
+                             "CLIP-L parts in kohya's layout (lora_te1_*) can be continued")
+    trains_clip = any(name.startswith("lora_te1_") for model in _parts(models)
+                      for name in getattr(model, "_fluxlora_layers", {}))
+    if text_encoder and not trains_clip:
+        raise ModelFileError(f"{path}: also holds a CLIP-L LoRA ({text_encoder[0]}); set the text encoder "
+                             "learning rate above 0 to continue training it (at 0 only the transformer trains)")
+
+
 def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
     """kohya LoRA name -> (down, up, alpha or None), whatever the file's layout."""
     layers, leftover = {}, dict(state)
@@ -280,7 +289,7 @@ def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
         return leftover.pop(key, None)
 
     # kohya names: ours and sd-scripts'.
-    for key in [k for k in state if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")]:
+    for key in [k for k in state if k.startswith(("lora_unet_", "lora_te1_")) and k.endswith(".lora_down.weight")]:
         name = key.removesuffix(".lora_down.weight")
         layers[name] = (take(key), take(f"{name}.lora_up.weight"), take(f"{name}.alpha"))
     # BFL names with peft suffixes: fused layers stay fused, so they map one to one.
@@ -354,6 +363,7 @@ def build_metadata(values: dict, *, epoch: int, steps: int, started_at: float,
         "ss_training_started_at": stamp(started_at),
         "ss_training_finished_at": stamp(finished_at),
         "ss_resolution": f"({values['max_resolution']})",
+        "ss_network_train_unet_only": str(values["text_encoder_lr"] == 0),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
         "modelspec.implementation": "https://github.com/black-forest-labs/flux",

@@ -5,6 +5,7 @@ layers (`in_dims`): the layers and ranks come from the file, as sd-scripts does 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,20 @@ def check_ranks_fit(layer_ranks: LayerRanks, layers: dict) -> None:
     if missing:
         raise ModelFileError(f"{layer_ranks.source}: has LoRA layers this model lacks or train_blocks leaves out ({missing[:3]}); "
                              "set train_blocks to all, or use a LoRA made for this FLUX model")
+
+
+def file_layers_and_patterns(transformer, layers: dict, layer_ranks: LayerRanks) -> tuple[dict, dict]:
+    """The file's layers (input layers included) and peft's per-module rank and alpha patterns."""
+    from engine.models.lora import effective_alpha
+
+    modules = dict(transformer.named_modules())
+    layers = {**layers, **{name: (path,) for name, path in INPUT_LAYERS.items() if path in modules}}
+    check_ranks_fit(layer_ranks, layers)
+    layers = {name: paths for name, paths in layers.items() if name in layer_ranks.ranks}
+    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    for name, paths in layers.items():
+        rank, alpha = layer_ranks.ranks[name]
+        for path in paths:  # escaped: module paths are matched as regular expressions
+            patterns["rank_pattern"][re.escape(path)] = rank
+            patterns["alpha_pattern"][re.escape(path)] = effective_alpha(alpha, rank)
+    return layers, patterns

@@ -46,15 +46,16 @@ def read_resume_state(resume_dir: Path | None, steps_per_epoch: int, reporter: R
     return state
 
 
-def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, learning_rate: float,
-                         reporter: RunReporter) -> None:
-    """Optimizer and schedule from the state folder; this run's learning rate replaces the saved one."""
+def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, reporter: RunReporter) -> None:
+    """Optimizer and schedule from the state folder; this run's learning rates replace the saved ones."""
     scheduler, optimizer = model.scheduler, model.optimizer
+    rates = [group["initial_lr"] for group in optimizer.param_groups] if not _adafactor_schedule(scheduler) else None
     try:
         if is_kohya_state(resume_dir):
             from engine.models.lora import lora_named_parameters
 
-            named = lora_named_parameters(accelerator.unwrap_model(model.transformer))
+            named = [lora_named_parameters(part) for part in (model.text_lora, accelerator.unwrap_model(
+                model.transformer)) if part is not None]  # in the optimizer's group order
             loaded = load_kohya_state(model, named, resume_dir, step)
             reporter.log(f"kohya's state {resume_dir.name}: {', '.join(loaded)} loaded; continuing at step {step}")
         else:
@@ -63,11 +64,18 @@ def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, learni
         reporter.log(f"the optimizer state in {resume_dir.name} does not fit ({type(exc).__name__}: "
                      f"{str(exc)[:120]}); continuing with a fresh optimizer state", "warning")
         scheduler.last_epoch = step  # keep the learning-rate schedule where the run was
-    scheduler.base_lrs = [learning_rate for _ in scheduler.base_lrs]
-    rates = [lr_lambda(scheduler.last_epoch) * learning_rate for lr_lambda in scheduler.lr_lambdas]
-    for group, value in zip(optimizer.param_groups, rates):
-        group["lr"] = value
-        group["initial_lr"] = learning_rate
+    if rates is None:
+        return  # Adafactor's relative step sets its own rates from its state
+    scheduler.base_lrs = list(rates)
+    for group, lr_lambda, rate in zip(optimizer.param_groups, scheduler.lr_lambdas, rates):
+        group["lr"] = lr_lambda(scheduler.last_epoch) * rate
+        group["initial_lr"] = rate
+
+
+def _adafactor_schedule(scheduler) -> bool:
+    from transformers.optimization import AdafactorSchedule
+
+    return isinstance(scheduler, AdafactorSchedule)
 
 
 class Checkpointer:
@@ -140,4 +148,5 @@ class Checkpointer:
         return path
 
     def _unwrapped(self):
-        return self.accelerator.unwrap_model(self.model.transformer)
+        """The LoRA's models: the transformer, and CLIP-L when it trains too."""
+        return self.accelerator.unwrap_model(self.model.transformer), self.model.text_lora

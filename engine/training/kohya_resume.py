@@ -36,48 +36,57 @@ def is_kohya_state(folder: Path) -> bool:
         folder / "adapter.safetensors").is_file()
 
 
+_CLIP_ORDER = ("self_attn_k_proj", "self_attn_v_proj", "self_attn_q_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2")
+_CLIP_NAME = re.compile(r"^lora_te1_text_model_encoder_layers_(\d+)_(\w+?)\.lora_(down|up)\.weight$")
+
+
 def kohya_parameter_order(names) -> list[str]:
-    """Our LoRA tensor names in the order sd-scripts' optimizer holds them."""
+    """Our LoRA tensor names in the order sd-scripts' optimizer holds them (CLIP-L's walk: k, v, q,
+    out_proj, fc1, fc2 per layer; the transformer's: its blocks, then the in_dims layers)."""
     def key(name: str):
+        clip = _CLIP_NAME.match(name)
+        if clip is not None:
+            return (-1, int(clip.group(1)), _CLIP_ORDER.index(clip.group(2)), clip.group(3) == "up")
         layer, _, part = name.removeprefix("lora_unet_").partition(".lora_")
         if layer in _INPUT_ORDER:
             return (2, _INPUT_ORDER.index(layer), 0, part.startswith("up"))
         match = _NAME.match(name)
         if match is None:
-            raise StateError(f"{name}: not a LoRA tensor sd-scripts trains on the FLUX transformer")
+            raise StateError(f"{name}: not a LoRA tensor sd-scripts trains on FLUX.1")
         kind, block, layer, part = match.groups()
         order = _DOUBLE_ORDER if kind == "double" else _SINGLE_ORDER
         return (int(kind == "single"), int(block), order.index(layer), part == "up")
     return sorted(names, key=key)
 
 
-def load_kohya_optimizer(optimizer, named_params: dict[str, torch.nn.Parameter], path: Path) -> None:
-    """sd-scripts' optimizer.bin into our optimizer, tensor by tensor by name."""
+def load_kohya_optimizer(optimizer, named_groups: list[dict[str, torch.nn.Parameter]], path: Path) -> None:
+    """sd-scripts' optimizer.bin into our optimizer, tensor by tensor by name. `named_groups`: our
+    parameter groups (kohya tensor name -> parameter), in our optimizer's group order."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    groups, ours = saved["param_groups"], list(named_params)
-    count = sum(len(group["params"]) for group in groups)
-    if len(groups) != len(optimizer.param_groups) or count != len(ours):
+    groups = saved["param_groups"]
+    counts, ours = [len(group["params"]) for group in groups], [len(named) for named in named_groups]
+    if counts != ours:
         raise StateError(
-            f"{path}: holds {count} tensors in {len(groups)} parameter group(s), this LoRA trains {len(ours)} in "
-            f"{len(optimizer.param_groups)}: kohya trained other layers (a CLIP-L LoRA, other train_blocks) or used "
+            f"{path}: holds {sum(counts)} tensors in {len(groups)} parameter group(s), this LoRA trains {sum(ours)} in "
+            f"{len(ours)}: kohya trained other layers (with or without a CLIP-L LoRA, other train_blocks) or used "
             "LoRA+ groups")
     settings = lambda group: set(group) - {"params", "lr", "initial_lr"}  # noqa: E731
     if settings(groups[0]) != settings(optimizer.param_groups[0]):
         written = ", ".join(sorted(settings(groups[0])))
         raise StateError(f"{path}: written by another optimizer (its settings: {written}); "
                          "choose the optimizer kohya trained with to continue its optimizer state")
-    kohya_names = kohya_parameter_order(ours)
-    position = {name: index for index, name in enumerate(ours)}
-    saved_ids = [index for group in groups for index in group["params"]]
-    to_ours = {saved_id: position[kohya_names[rank]] for rank, saved_id in enumerate(saved_ids)}
-    state = {}
-    for saved_id, tensors in saved["state"].items():
-        index = to_ours[saved_id]
-        _check_shapes(tensors, named_params[ours[index]], ours[index], path)
-        state[index] = tensors
-    # Our single group lists our parameters in our order; the saved hyperparameters are kept.
-    optimizer.load_state_dict({"state": state,
-                               "param_groups": [dict(groups[0], params=list(range(len(ours))))]})
+    state, new_groups, start = {}, [], 0
+    for group, named in zip(groups, named_groups):
+        names = list(named)
+        position = {name: start + index for index, name in enumerate(names)}
+        for saved_id, name in zip(group["params"], kohya_parameter_order(names)):
+            if saved_id in saved["state"]:
+                _check_shapes(saved["state"][saved_id], named[name], name, path)
+                state[position[name]] = saved["state"][saved_id]
+        # Each group lists our parameters in our order; the saved hyperparameters are kept.
+        new_groups.append(dict(group, params=list(range(start, start + len(names)))))
+        start += len(names)
+    optimizer.load_state_dict({"state": state, "param_groups": new_groups})
 
 
 def _check_shapes(tensors: dict, parameter: torch.Tensor, name: str, path: Path) -> None:
@@ -91,9 +100,9 @@ def _check_shapes(tensors: dict, parameter: torch.Tensor, name: str, path: Path)
                              f"{shape}: the rank or the model differs")
 
 
-def load_kohya_state(model, named_params: dict, folder: Path, true_step: int) -> list[str]:
+def load_kohya_state(model, named_groups: list[dict], folder: Path, true_step: int) -> list[str]:
     """Optimizer, schedule (at the true step) and random states; returns what was loaded, for the log."""
-    load_kohya_optimizer(model.optimizer, named_params, folder / OPTIMIZER_FILE)
+    load_kohya_optimizer(model.optimizer, named_groups, folder / OPTIMIZER_FILE)
     loaded = ["optimizer"]
     if (folder / SCHEDULER_FILE).is_file():
         model.scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, map_location="cpu", weights_only=True))

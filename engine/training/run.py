@@ -18,6 +18,7 @@ from engine.training.checkpoint import Checkpointer, load_optimizer_state, read_
 from engine.training.data import epoch_batches, load_samples, steps_in_epoch
 from engine.training.latents import LatentEncoding
 from engine.training.model_setup import load_transformer_with_lora, prepare_for_training
+from engine.training.optim import optimizer_notes
 from engine.training.placement import EncoderPlacement
 from engine.training.reporting import RunReporter
 from engine.training.step import FlowMatchingStep, NoiseSettings
@@ -126,11 +127,13 @@ class TrainingRun:
         if adapter is not None:
             self.log(f"continuing from {resume_dir.name} (step {self.step}); LoRA weights from {adapter.name}")
         transformer, swapper = load_transformer_with_lora(values, self.device, self.compute_dtype, adapter,
-                                                          self.reporter)
-        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps)
+                                                          self.reporter, self.text.clip_lora)
+        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps,
+                                          self.text.clip_lora)
+        for note in optimizer_notes(values):
+            self.log(note, "warning")
         if resume_dir is not None:
-            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step,
-                                 values["unet_lr"] or values["learning_rate"], self.reporter)
+            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step, self.reporter)
         self.trainer_step = FlowMatchingStep(NoiseSettings.from_values(values), self.accelerator, self.model,
                                              self.latents, self.text, self.compute_dtype)
         return not self.stop.is_set()
