@@ -122,18 +122,40 @@ def sd_scripts_lora_network(model_file, rank, alpha):
     return network
 
 
-def write_sd_scripts_state(folder, model_file, epoch, step, rank=4, alpha=4.0, lr=1e-3):
-    """Train sd-scripts' network three AdamW steps, then accelerate's save_state as sd-scripts calls it."""
+def add_sd_scripts_clip_loras(network, clip, rank, alpha):
+    """sd-scripts' text-encoder LoRAs: the Linears of each CLIPAttention / CLIPMLP in walk order."""
+    loras = torch.nn.Module()
+    for name, module in clip.named_modules():
+        if type(module).__name__ in ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"):
+            for child_name, child in module.named_modules():
+                if isinstance(child, torch.nn.Linear):
+                    path = f"{name}.{child_name}" if name.startswith("text_model.") else f"text_model.{name}.{child_name}"
+                    loras.add_module("lora_te1_" + path.replace(".", "_"), _LoRAModule(child, rank, alpha))
+    for lora_name, lora in loras.named_children():
+        network.add_module(lora_name, lora)
+    return [p for lora in loras.children() for p in lora.parameters()]
+
+
+def write_sd_scripts_state(folder, model_file, epoch, step, rank=4, alpha=4.0, lr=1e-3, clip_file=None):
+    """Train sd-scripts' network three AdamW steps, then accelerate's save_state as sd-scripts calls it.
+    With `clip_file` it trains a CLIP-L LoRA too, in its own parameter group first, as sd-scripts does."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from diffusers.optimization import get_scheduler
+
+    from engine.models.text_encoders import load_clip_l
 
     AcceleratorState._reset_state()
     GradientState._reset_state()
     torch.manual_seed(7)
     network = sd_scripts_lora_network(model_file, rank, alpha)
-    params = [p for module in network.children() for p in module.parameters()]  # sd-scripts' single group
-    optimizer = torch.optim.AdamW([{"params": params, "lr": lr}])
+    params = [p for module in network.children() for p in module.parameters()]
+    groups = [{"params": params, "lr": lr}]
+    if clip_file is not None:
+        groups.insert(0, {"params": add_sd_scripts_clip_loras(network, load_clip_l(clip_file), rank, alpha),
+                          "lr": lr / 2})
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups)
     scheduler = get_scheduler("constant", optimizer)
     accelerator = Accelerator(cpu=True)
     network, optimizer, scheduler = accelerator.prepare(network, optimizer, scheduler)
@@ -178,7 +200,8 @@ def test_sd_scripts_optimizer_state_lands_on_our_tensors_by_name(tiny_model_file
 
 def test_resume_from_an_sd_scripts_state_folder_loads_its_optimizer_and_continues_at_the_true_step(
         tiny_model_files, tmp_path):
-    values = tiny_training_values(tiny_model_files, tmp_path, images=5, repeats=2, epoch=3, save_every_n_epochs=0)
+    values = tiny_training_values(tiny_model_files, tmp_path, images=5, repeats=2, epoch=3, save_every_n_epochs=0,
+                                  text_encoder_lr=0.0)  # kohya's run trained the transformer only
     # run 2 of sd-scripts (resumed after epoch 1 at 10 steps per epoch) saved at its step 4: (2, 4) is step 14.
     folder = tmp_path / "kohya" / "run2-step00000004-state"
     write_sd_scripts_state(folder, values["pretrained_model_name_or_path"], 2, 4)
@@ -257,7 +280,7 @@ def test_training_from_a_per_type_rank_lora_keeps_its_layers_and_ranks(tiny_mode
     path = tmp_path / "per type.safetensors"
     written = write_per_type_rank_lora(tiny_model_files, path)
     values = tiny_training_values(tiny_model_files, tmp_path, max_train_steps=1, network_weights=str(path),
-                                  fp8_base=True)  # on the fp8 base, as users train
+                                  fp8_base=True, text_encoder_lr=0.0)  # on the fp8 base, as users train
     events = []
     result = train(values, on_event=events.append)
     assert result.status == "completed", result.message
@@ -266,3 +289,31 @@ def test_training_from_a_per_type_rank_lora_keeps_its_layers_and_ranks(tiny_mode
                text.endswith("network_dim is not used") for text in logged)
     trained = load_file(str(Path(values["output_dir"]) / "tiny.safetensors"))
     assert {k: tuple(v.shape) for k, v in trained.items()} == {k: tuple(v.shape) for k, v in written.items()}
+
+
+def test_sd_scripts_optimizer_state_with_a_clip_l_lora_maps_group_by_group(tiny_model_files, tmp_path):
+    from engine.models.flux import load_flux_transformer
+    from engine.models.lora import add_lora, lora_named_parameters
+    from engine.models.te_lora import add_clip_lora
+    from engine.models.text_encoders import load_clip_l
+    from engine.training.kohya_resume import load_kohya_optimizer
+    from engine.training.optim import create_optimizer
+
+    files = tiny_model_files.values
+    folder = tmp_path / "with-te-state"
+    expected = write_sd_scripts_state(folder, files["pretrained_model_name_or_path"], 1, 3, clip_file=files["clip_l"])
+    transformer = load_flux_transformer(files["pretrained_model_name_or_path"], fp8=False,
+                                        compute_dtype=torch.float32, device="cpu")
+    add_lora(transformer, 4, 4.0)
+    clip = load_clip_l(files["clip_l"])
+    add_clip_lora(clip, 4, 4.0)
+    named = [lora_named_parameters(clip), lora_named_parameters(transformer)]
+    values = tiny_training_values(tiny_model_files, tmp_path)
+    optimizer = create_optimizer(values, [{"params": list(group.values()), "lr": 1e-3} for group in named])
+    load_kohya_optimizer(optimizer, named, folder / "optimizer.bin")
+    assert list(named[0])[:6] != [n for n in expected if n.startswith("lora_te1_")][:6]  # q,k,v vs k,v,q
+    for group in named:
+        for name, parameter in group.items():
+            assert torch.equal(optimizer.state[parameter]["exp_avg"], expected[name]["exp_avg"]), name
+    with pytest.raises(StateError, match="holds 38 tensors in 2 parameter group.s., this LoRA trains 26 in 1"):
+        load_kohya_optimizer(create_optimizer(values, list(named[1].values())), [named[1]], folder / "optimizer.bin")

@@ -66,7 +66,8 @@ def describe_ranks(layer_ranks: LayerRanks) -> str:
 def check_ranks_fit(layer_ranks: LayerRanks, layers: dict) -> None:
     missing = sorted(set(layer_ranks.ranks) - set(layers))
     if missing:
-        raise ModelFileError(f"{layer_ranks.source}: has LoRA layers this model lacks or train_blocks leaves out ({missing[:3]}); "
+        raise ModelFileError(f"{layer_ranks.source}: has LoRA layers this model lacks or train_blocks leaves out "
+                             f"({missing[:3]}); "
                              "set train_blocks to all, or use a LoRA made for this FLUX model")
 
 
