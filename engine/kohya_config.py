@@ -40,8 +40,8 @@ KOHYA_IGNORED_REASONS = {
     "v_parameterization": "FluxLoRA trains FLUX.1 only",
     "model_list": "the model is given by its file path",
     "save_model_as": "LoRAs are always saved as .safetensors",
-    "network_train_unet_only": "FluxLoRA always trains the transformer only",
-    "network_train_text_encoder_only": "FluxLoRA always trains the transformer only",
+    "network_train_text_encoder_only": "FluxLoRA always trains the transformer (with CLIP-L when the text "
+                                       "encoder learning rate is above 0)",
     "lowvram": "use blocks_to_swap to save GPU memory",
 }
 
@@ -93,6 +93,16 @@ FLUX_IGNORES = {
     "noise_offset": "sd-scripts does not apply noise_offset to FLUX; neither does FluxLoRA (same result)",
     "min_snr_gamma": "sd-scripts does not apply min_snr_gamma to FLUX; neither does FluxLoRA (same result)",
 }
+
+
+def read_kohya_meanings(data: dict, result) -> list[str]:
+    """Everything a kohya_ss config means beyond its option keys; returns problems (refusals)."""
+    if data.get("caption_extension") == "":
+        result.values["caption_extension"] = ".caption"
+        result.touched.add("caption_extension")
+        result.reinterpreted.append("caption_extension = '.caption': empty in the file, which sd-scripts reads "
+                                    "as its default '.caption'")
+    return read_kohya_only_keys(data, result.values, result)
 
 
 def read_kohya_only_keys(data: dict, values: dict, report) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
-from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_only_keys
+from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
 from engine.preset_migrations import upgrade
 from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
@@ -149,7 +149,7 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
         result.values[key] = value
     result.unknown_keys.sort()
     if lenient:
-        problems += _read_kohya_meanings(data, result)
+        problems += read_kohya_meanings(data, result)
 
     recipe = []
     for option in OPTIONS_TABLE:
@@ -166,6 +166,8 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
     if recipe:
         result.reinterpreted.append("not in the file, FluxLoRA's recipe value used: " + ", ".join(recipe))
 
+    if result.format == KOHYA_SS:
+        _kohya_unet_only(data, result)
     if not problems:
         problems = validate_values(result.values)
     if problems:
@@ -173,13 +175,16 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
     return result
 
 
-def _read_kohya_meanings(data: dict, result: LoadResult) -> list[str]:
-    if data.get("caption_extension") == "":
-        result.values["caption_extension"] = ".caption"
-        result.touched.add("caption_extension")
-        result.reinterpreted.append("caption_extension = '.caption': empty in the file, which sd-scripts reads "
-                                    "as its default '.caption'")
-    return read_kohya_only_keys(data, result.values, result)
+def _kohya_unet_only(data: dict, result: LoadResult) -> None:
+    """sd-scripts trains CLIP-L too unless network_train_unet_only; we say that with text_encoder_lr 0."""
+    if "network_train_unet_only" not in data:
+        return
+    result.unknown_keys.remove("network_train_unet_only")
+    if _truthy(data["network_train_unet_only"]) and result.values.get("text_encoder_lr", 0) > 0:
+        result.values["text_encoder_lr"] = 0.0
+        result.touched.add("text_encoder_lr")
+        result.notes.append("network_train_unet_only: true, so text_encoder_lr is 0: the transformer trains alone "
+                            "and CLIP-L stays frozen, as sd-scripts trains it")
 
 
 def _is_problem_key(key: str, problems: list[str]) -> bool:

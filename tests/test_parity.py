@@ -366,3 +366,39 @@ def test_recipe_run_trains_clip_l_too_and_its_file_loads_back(tiny_model_files, 
     add_lora(only, values["network_dim"], values["network_alpha"])
     with pytest.raises(ModelFileError, match="also holds a CLIP-L LoRA .*set the text encoder learning rate above 0"):
         load_lora(only, result.lora_path)
+
+
+def test_vram_estimate_counts_the_clip_l_lora_as_built():
+    """At CLIP-L's real size (on the meta device), the estimate's CLIP-L LoRA has the tensors
+    add_clip_lora makes; with text encoder lr 0 the estimate has no CLIP-L part."""
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models.te_lora import add_clip_lora
+    from engine.preset import load_preset
+    from engine.vram import clip_lora_shapes, estimate_vram
+
+    with init_empty_weights():
+        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                            num_attention_heads=12, projection_dim=768))
+        params = add_clip_lora(clip, 4, 4.0)
+    assert sorted(tuple(p.shape) for p in params) == sorted(clip_lora_shapes(4))
+    values = load_preset(Path(__file__).parents[1] / "presets" / "flux1-dev-12gb.json").values
+    assert values["text_encoder_lr"] == 1e-4
+    with_clip = estimate_vram(values)
+    without = estimate_vram(dict(values, text_encoder_lr=0.0))
+    assert "CLIP-L with its LoRA (trained)" not in without.parts
+    assert with_clip.parts["CLIP-L with its LoRA (trained)"] > 246_144_352  # CLIP-L's bf16 weights and more
+
+
+def test_kohya_import_trains_clip_l_unless_the_config_says_unet_only():
+    from engine.preset import parse_preset
+    from tests.test_preset import KOHYA_FLUX_CONFIG
+
+    config = dict(KOHYA_FLUX_CONFIG, text_encoder_lr=0.0001)
+    assert parse_preset(config).values["text_encoder_lr"] == 1e-4  # sd-scripts trains CLIP-L too
+    result = parse_preset(dict(config, network_train_unet_only=True))
+    assert result.values["text_encoder_lr"] == 0.0
+    assert "network_train_unet_only" not in result.unknown_keys
+    assert any(note.startswith("network_train_unet_only: true, so text_encoder_lr is 0") for note in result.notes)
+    assert parse_preset(dict(config, network_train_unet_only=False)).values["text_encoder_lr"] == 1e-4
