@@ -66,11 +66,9 @@ def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ra
 
     alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
-    patterns = {}
+    patterns: dict = {}
     if ranks is not None:
-        from engine.models.lora_ranks import file_layers_and_patterns
-
-        layers, patterns = file_layers_and_patterns(transformer, layers, ranks)
+        layers, patterns = _file_layers_and_patterns(transformer, layers, ranks)
     targets = [module for modules in layers.values() for module in modules]
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets, **patterns)
     transformer.add_adapter(config, adapter_name=ADAPTER)
@@ -86,6 +84,21 @@ def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ra
             _fuse_up([lora.lora_B[ADAPTER] for lora in parts])
     for parameter in lora_parameters(transformer):
         parameter.requires_grad_(True)
+
+
+def _file_layers_and_patterns(transformer, layers: dict, ranks) -> tuple[dict, dict]:
+    import re
+
+    from engine.models.lora_ranks import file_layers
+
+    layers = file_layers(transformer, layers, ranks)
+    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    for name, paths in layers.items():
+        rank, alpha = ranks.ranks[name]
+        for path in paths:  # escaped: peft matches these keys as regular expressions
+            patterns["rank_pattern"][re.escape(path)] = rank
+            patterns["alpha_pattern"][re.escape(path)] = effective_alpha(alpha, rank)
+    return layers, patterns
 
 
 def effective_alpha(alpha: float, rank: int) -> float:

@@ -5,7 +5,6 @@ layers (`in_dims`): the layers and ranks come from the file, as sd-scripts does 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,18 +70,9 @@ def check_ranks_fit(layer_ranks: LayerRanks, layers: dict) -> None:
                              "set train_blocks to all, or use a LoRA made for this FLUX model")
 
 
-def file_layers_and_patterns(transformer, layers: dict, layer_ranks: LayerRanks) -> tuple[dict, dict]:
-    """The file's layers (input layers included) and peft's per-module rank and alpha patterns."""
-    from engine.models.lora import effective_alpha
-
+def file_layers(transformer, layers: dict, layer_ranks: LayerRanks) -> dict:
+    """The file's layers (kohya name -> module paths), input layers included."""
     modules = dict(transformer.named_modules())
     layers = {**layers, **{name: (path,) for name, path in INPUT_LAYERS.items() if path in modules}}
     check_ranks_fit(layer_ranks, layers)
-    layers = {name: paths for name, paths in layers.items() if name in layer_ranks.ranks}
-    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
-    for name, paths in layers.items():
-        rank, alpha = layer_ranks.ranks[name]
-        for path in paths:  # escaped: module paths are matched as regular expressions
-            patterns["rank_pattern"][re.escape(path)] = rank
-            patterns["alpha_pattern"][re.escape(path)] = effective_alpha(alpha, rank)
-    return layers, patterns
+    return {name: paths for name, paths in layers.items() if name in layer_ranks.ranks}
