@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
 from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
+from engine.names import name_problem
 from engine.preset_migrations import upgrade
 from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
@@ -263,7 +264,6 @@ def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tup
 
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
-_BAD_NAME_CHARS = set('<>:"/\\|?*')
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -308,11 +308,10 @@ def validate_values(values: dict[str, Any]) -> list[str]:
     if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
         problems.append(f"caption_extension: {extension!r} is not allowed, expected an extension such as '.txt'")
     name = values["output_name"]
-    if not name.strip() or any(char in _BAD_NAME_CHARS for char in name) or name != name.strip():
-        problems.append(
-            f"output_name: {name!r} is not allowed, expected a file name without "
-            "path separators, surrounding spaces or any of < > : \" / \\ | ? *"
-        )
+    name_issue = name_problem(name)
+    if name_issue:
+        problems.append(f"output_name: {name!r} is not allowed: {name_issue}; expected a file name such as "
+                        "'my_flux_lora' (none of < > : \" / \\ | ? *, no device name such as CON or NUL)")
     for key, words in (("optimizer_args", values["optimizer_args"].split()),):
         for word in words:
             if "=" not in word or word.startswith("="):
