@@ -93,9 +93,14 @@ def fix_state(folder: str, steps, values: dict, dry_run: bool, true_step=None) -
     except (StateError, ValueError, OSError) as exc:
         return f"**Cannot repair:** {_escape(str(exc))}"
     before, after = report.before, report.after
-    table = ("| | current_epoch | current_step |\n|---|---|---|\n"
-             f"| before | {before.current_epoch} | {before.current_step} |\n"
-             f"| after | {after.current_epoch} | {after.current_step} |")
+    # Both rows in kohya's terms: the epoch in progress, 1-based (our files count completed ones).
+    def epoch(state, kohya_wrote: bool):
+        spe = state.steps_per_epoch
+        return state.current_epoch if kohya_wrote or not spe else -(-state.current_step // spe)
+
+    table = ("| | current_epoch (in progress) | current_step |\n|---|---|---|\n"
+             f"| before | {epoch(before, report.kind != 'ours')} | {before.current_step} |\n"
+             f"| after | {epoch(after, not report.changed and report.kind != 'ours')} | {after.current_step} |")
     if not report.changed:
         verdict = f"Nothing to repair: {_escape(report.reason)}."
     elif dry_run:
