@@ -92,6 +92,8 @@ UNSUPPORTED: dict[str, tuple[tuple, str]] = {
 FLUX_IGNORES = {
     "noise_offset": "sd-scripts does not apply noise_offset to FLUX; neither does FluxLoRA (same result)",
     "min_snr_gamma": "sd-scripts does not apply min_snr_gamma to FLUX; neither does FluxLoRA (same result)",
+    "debiased_estimation_loss": "sd-scripts does not apply it to FLUX; neither does FluxLoRA (same result)",
+    "v_pred_like_loss": "sd-scripts does not apply it to FLUX; neither does FluxLoRA (same result)",
 }
 
 
