@@ -234,7 +234,7 @@ def fix_train_state(state_dir: str | Path, steps_per_epoch: int | None = None, d
     after.steps_per_epoch = spe
     after.current_epoch = reading.step // spe if spe else before.current_epoch
     after.step_in_epoch = reading.step % spe if spe else 0
-    after.runs = []
+    after.runs = before.runs if before.is_ours else []  # an earlier wrong repair recorded no real runs
     original = reading.original
     after.repaired_from = {"current_epoch": original.current_epoch, "current_step": original.current_step}
     if not dry_run:
