@@ -171,6 +171,8 @@ def test_adafactor_fixed_lr_and_warmup_init_as_sd_scripts_reads_them():
     (dict(optimizer_args="", lr_warmup_steps=10), "lr_warmup_steps: Adafactor with relative_step=True"),
     (dict(optimizer_args="relative_step=False", lr_scheduler="adafactor"), "lr_scheduler: 'adafactor' is Adafactor's"),
     (dict(optimizer="AdamW", optimizer_args="relative_step=False"), "optimizer_args: 'relative_step' is not an argument of AdamW"),
+    (dict(optimizer="Prodigy", optimizer_args="", text_encoder_lr=1e-4, unet_lr=1.0),
+     "text_encoder_lr: Prodigy needs one learning rate for every group"),
 ])
 def test_optimizer_argument_problems_are_named_before_anything_loads(changes, message):
     from engine.trainer import check_ready

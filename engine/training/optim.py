@@ -89,6 +89,11 @@ def optimizer_problems(values: dict) -> list[str]:
     if relative and warmup_steps(values, 1_000_000):
         return ["lr_warmup_steps: Adafactor with relative_step=True follows its own schedule (the adafactor "
                 "schedule), which has no warmup; set LR warmup to 0, or pass relative_step=False"]
+    unet_lr = values["unet_lr"] or values["learning_rate"]
+    if values["optimizer"] == "Prodigy" and values["text_encoder_lr"] not in (0, unet_lr):
+        return [f"text_encoder_lr: Prodigy needs one learning rate for every group; the text encoder's "
+                f"{values['text_encoder_lr']:g} differs from the transformer's {unet_lr:g}. Set them equal (Prodigy "
+                "adapts the step size itself), or set the text encoder learning rate to 0"]
     if values["lr_scheduler"] == "adafactor" and not relative:
         return ["lr_scheduler: 'adafactor' is Adafactor's own schedule; it needs optimizer Adafactor with "
                 "relative_step=True (or empty optimizer_args)"]

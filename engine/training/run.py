@@ -172,11 +172,13 @@ class TrainingRun:
     def _report_step(self, epoch: int, loss: float, average: float, run_start: float, run_start_step: int) -> None:
         elapsed = time.time() - run_start
         rate = (self.step - run_start_step) / elapsed if elapsed > 0 else None
-        lr = self.model.scheduler.get_last_lr()[0]
+        rates = self.model.scheduler.get_last_lr()
+        lr = rates[-1]  # the transformer's group (a training CLIP-L's comes first, as in sd-scripts)
         self.reporter.progress(TRAINING, self.step, self.total_steps, epoch=epoch, total_epochs=self.total_epochs,
                                loss=loss, average_loss=average, lr=lr, steps_per_second=rate,
                                eta_seconds=(self.total_steps - self.step) / rate if rate else None)
-        self.reporter.scalars(self.step, loss__current=loss, loss__average=average, lr__unet=lr)
+        text_lr = {"lr__textencoder": rates[0]} if len(rates) > 1 else {}
+        self.reporter.scalars(self.step, loss__current=loss, loss__average=average, lr__unet=lr, **text_lr)
         if self.step % self.steps_per_epoch == 0:
             self.completed_epochs = self.step // self.steps_per_epoch
             self.log(f"epoch {self.completed_epochs} done, average loss {average:.5f}")
