@@ -240,7 +240,8 @@ def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):
     config = tmp_path / "kohya.json"
     config.write_text(json.dumps({"LoRA_type": "Flux1", "flux1_checkbox": True, "epoch": "12", "clip_skip": 1,
                                   "output_name": "from_kohya", "network_dim": 32, "fp8_base": False,
-                                  "train_t5xxl": True, "max_train_epochs": 20}))
+                                  "train_t5xxl": True, "max_train_epochs": 20,
+                                  "caption_extension": ".txt"}))  # kohya_ss always writes it; later tests tag .txt
     message = load_through_page(page, config)
     assert "Loaded kohya_ss config" in message
     warning = page.locator("#config-status h3").first
