@@ -127,6 +127,10 @@ def read_kohya_only_keys(data: dict, values: dict, report) -> list[str]:
         if key in data and not _is_off(data[key], (0, None, "", False)):
             report.reinterpreted.append(f"{key} = {data[key]!r}: {why}")
             acted.add(key)
+    if "seed" in data and _is_off(data["seed"], (0,)):
+        report.reinterpreted.append("seed = 0: kohya_ss then lets sd-scripts pick a random seed; FluxLoRA trains "
+                                    "with seed 0, so the run can be repeated")
+        report.touched.add("seed")
     for apply in (_max_train_epochs, _split_mode, _old_block_swap):
         acted |= apply(data, values, report)
     if model_type != "flux":

@@ -284,6 +284,12 @@ def test_kohya_keys_that_change_training_are_applied_or_reported():
     assert titles[3].startswith("Used as is (")
 
 
+def test_kohya_seed_0_is_reported_as_kohya_means_random():
+    result = parse_preset(dict(KOHYA_FLUX_CONFIG, seed="0"))
+    assert result.values["seed"] == 0 and "seed" not in result.used_as_is()
+    assert result.reinterpreted[0].startswith("seed = 0: kohya_ss then lets sd-scripts pick a random seed")
+
+
 def test_kohya_chroma_config_is_refused():
     with pytest.raises(PresetError, match="model_type: 'chroma' is a FLUX variant FluxLoRA does not train"):
         parse_preset(dict(KOHYA_FLUX_CONFIG, model_type="chroma"))
