@@ -11,8 +11,8 @@ from PIL import Image
 from engine.preset import default_values
 from engine.training import flow
 from engine.training.cache import EntryCache, entry_key
-from engine.training.data import (Sample, balance_regularisation, epoch_batches, fit_to_bucket,
-                                  load_samples, process_batches, steps_in_epoch)
+from engine.training.data import (Sample, balance_regularisation, epoch_batches, fit_to_bucket, load_samples,
+                                  process_batches, steps_in_epoch)
 from engine.training.optim import create_optimizer, create_scheduler, parse_optimizer_args
 
 

@@ -57,15 +57,20 @@ def lora_layers(transformer, train_blocks: str = "all") -> dict[str, tuple[str, 
     return layers
 
 
-def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") -> None:
+def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ranks=None) -> None:
     """Attach fp32 LoRA adapters (peft) to the sd-scripts layers, each fused layer as one
-    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts."""
+    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts.
+    `ranks` (engine.models.lora_ranks.LayerRanks, read from a file): exactly the file's layers at
+    its ranks and alphas, input layers included, as sd-scripts' dim_from_weights."""
     from peft import LoraConfig
 
     alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
+    patterns: dict = {}
+    if ranks is not None:
+        layers, patterns = _file_layers_and_patterns(transformer, layers, ranks)
     targets = [module for modules in layers.values() for module in modules]
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets, **patterns)
     transformer.add_adapter(config, adapter_name=ADAPTER)
     transformer._fluxlora_layers = layers
     modules = dict(transformer.named_modules())
@@ -79,6 +84,21 @@ def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") ->
             _fuse_up([lora.lora_B[ADAPTER] for lora in parts])
     for parameter in lora_parameters(transformer):
         parameter.requires_grad_(True)
+
+
+def _file_layers_and_patterns(transformer, layers: dict, ranks) -> tuple[dict, dict]:
+    import re
+
+    from engine.models.lora_ranks import file_layers
+
+    layers = file_layers(transformer, layers, ranks)
+    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    for name, paths in layers.items():
+        rank, alpha = ranks.ranks[name]
+        for path in paths:  # escaped: peft matches these keys as regular expressions
+            patterns["rank_pattern"][re.escape(path)] = rank
+            patterns["alpha_pattern"][re.escape(path)] = effective_alpha(alpha, rank)
+    return layers, patterns
 
 
 def effective_alpha(alpha: float, rank: int) -> float:

@@ -38,7 +38,8 @@ def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype
     transformer = load_flux_transformer(values["pretrained_model_name_or_path"], fp8=fp8,
                                         compute_dtype=compute_dtype, device="cpu" if swap else device)
     torch.manual_seed(values["seed"])  # the LoRA's initial weights
-    add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"])
+    add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"],
+             ranks=_file_ranks(adapter or values["network_weights"], reporter))
     if values["full_bf16"]:
         for parameter in lora_parameters(transformer):
             parameter.data = parameter.data.to(torch.bfloat16)
@@ -52,6 +53,17 @@ def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype
     swapper = _swap_blocks(transformer, swap, device, reporter) if swap else None
     transformer.train()
     return transformer, swapper
+
+
+def _file_ranks(source, reporter: RunReporter):
+    """A LoRA file with a rank per layer type or input-layer LoRAs decides the layers and ranks."""
+    from engine.models.lora_ranks import describe_ranks, per_layer_ranks
+
+    ranks = per_layer_ranks(source) if source else None
+    if ranks is not None:
+        reporter.log(f"{Path(source).name} has its own rank per layer ({describe_ranks(ranks)}): training its "
+                     "layers at its ranks, as sd-scripts does with dim_from_weights; network_dim is not used")
+    return ranks
 
 
 def _swap_blocks(transformer, swap: int, device: torch.device, reporter: RunReporter):
