@@ -199,12 +199,14 @@ def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -
     """What the transformer occupies, dtype by dtype as load_flux_transformer stores it: the same
     model built on the meta device (no memory), with the same layer-wise casting."""
     import torch
-    from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
     from engine.models.flux import apply_fp8_storage
 
-    with init_empty_weights():
+    # torch's device context is per thread; accelerate's init_empty_weights patches every
+    # Module process-wide, so the GUI's estimate at Start put the run's CLIP-L, built at the
+    # same moment in the training thread, on the meta device ("Cannot copy out of meta tensor").
+    with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(arch.diffusers_config())
     if fp8:
         apply_fp8_storage(model, torch.bfloat16)

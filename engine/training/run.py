@@ -130,6 +130,8 @@ class TrainingRun:
                                                           self.reporter, self.text.clip_lora)
         self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps,
                                           self.text.clip_lora)
+        if self.model.text_encoder is not None:
+            self.text.clip = self.model.text_encoder
         for note in optimizer_notes(values):
             self.log(note, "warning")
         if resume_dir is not None:
