@@ -7,23 +7,16 @@ preset's cadence. Everything is reported through `engine.events`; nothing is pri
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from engine.dataset.layout import DatasetError, scan_train_dir
-from engine.events import Finished, emit
+from engine.dataset.layout import DatasetError
+from engine.events import Finished, Log, emit
 from engine.models.errors import ModelFileError
-from engine.preset import PresetError, validate_values
+from engine.preset import PresetError
 from engine.train_state import StateError
-
-MODEL_FILES = (
-    ("pretrained_model_name_or_path", "FLUX.1 model file"),
-    ("ae", "autoencoder file (ae.safetensors)"),
-    ("clip_l", "CLIP-L file"),
-    ("t5xxl", "T5-XXL file"),
-)
+from engine.training.guard import disk_full_message, output_guard
+from engine.training.lock import FolderBusyError
 
 
 @dataclass
@@ -37,83 +30,61 @@ class TrainResult:
     message: str = ""
 
 
-def check_ready(values: dict) -> list[str]:
-    """Every reason `train(values)` could not start, at once; empty = ready."""
-    problems = validate_values(values)
-    if problems:
-        return problems
-    if values["bucket_reso_steps"] % 16:
-        problems.append(f"bucket_reso_steps: {values['bucket_reso_steps']} is not allowed; use a multiple of 16 "
-                        "(FLUX packs 2x2 latents of 8 pixels), such as 64")
-    for key, label in MODEL_FILES:
-        if not values[key].strip():
-            problems.append(f"{key}: empty; choose the {label}")
-        elif not Path(values[key]).is_file():
-            problems.append(f"{key}: file {values[key]} not found")
-    for key in ("clip_l_tokenizer_path", "t5xxl_tokenizer_path"):
-        if values[key] and not Path(values[key]).is_dir():
-            problems.append(f"{key}: folder {values[key]} not found")
-    try:
-        scan_train_dir(values["train_data_dir"], values["caption_extension"])
-    except DatasetError as exc:
-        problems.append(str(exc))
-    if values["reg_data_dir"]:
-        try:
-            scan_train_dir(values["reg_data_dir"], values["caption_extension"], key="reg_data_dir")
-        except DatasetError as exc:
-            problems.append(str(exc))
-    if not values["output_dir"].strip():
-        problems.append("output_dir: empty; choose where the LoRA files go")
-    else:
-        problems += _folder_problems("output_dir", values["output_dir"])
-    if values["logging_dir"].strip():
-        problems += _folder_problems("logging_dir", values["logging_dir"])
-    if values["network_weights"] and not Path(values["network_weights"]).is_file():
-        problems.append(f"network_weights: file {values['network_weights']} not found")
-    if values["resume"] and not (Path(values["resume"]) / "train_state.json").is_file():
-        problems.append(f"resume: {values['resume']} is not a state folder (no train_state.json in it)")
-    return problems
+def check_ready(values: dict, overwrite: bool = False) -> list[str]:
+    """Every reason `train(values)` could not start, at once; empty = ready (engine.preflight)."""
+    from engine.preflight import preflight
+
+    return preflight(values, overwrite=overwrite).problems
 
 
-def _folder_problems(key: str, folder: str) -> list[str]:
-    """Why files could not be written in `folder` (created on demand), if anything stops it."""
-    path = Path(folder)
-    if path.is_file():
-        return [f"{key}: {folder} is a file, not a folder"]
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        blocker = existing if existing is not None else path.anchor or folder
-        return [f"{key}: {folder} cannot be created ({blocker} is not a folder); choose another folder"]
-    if not os.access(existing, os.W_OK):
-        return [f"{key}: no permission to write in {existing}; choose a folder you can write to"]
-    return []
+def train(values: dict, on_event=None, stop: threading.Event | None = None, overwrite: bool = False) -> TrainResult:
+    """Train; never raises for user-fixable problems: they come back as status "failed".
 
-
-def train(values: dict, on_event=None, stop: threading.Event | None = None) -> TrainResult:
-    """Train; never raises for user-fixable problems: they come back as status "failed"."""
+    The preflight runs first (seconds); a finished run of the same output name is replaced only
+    with `overwrite` (its files are deleted first, so two runs never mix)."""
+    from engine.preflight import preflight
     from engine.training.run import TrainingRun
 
     try:
-        problems = check_ready(values)
+        report = preflight(values, overwrite=overwrite)
     except OSError as exc:  # e.g. a data folder that cannot be listed
+        report = None
         problems = [str(exc)]
+    else:
+        problems = report.problems
+        for line in report.warnings:
+            emit(on_event, Log(line, "warning"))
+        for line in report.notes:
+            emit(on_event, Log(line))
     if problems:
         message = "; ".join(problems)
         emit(on_event, Finished("failed", message=message))
         return TrainResult("failed", message=message)
     run = TrainingRun(values, on_event, stop or threading.Event())
     try:
-        result = run.execute()
-    except (ModelFileError, DatasetError, PresetError, StateError, ValueError, OSError) as exc:
-        run.log(str(exc), "error")
-        result = TrainResult("failed", message=str(exc), log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        with output_guard(values, overwrite, on_event):
+            result = run.execute()
+    except (ModelFileError, DatasetError, PresetError, StateError, FolderBusyError, ValueError, OSError) as exc:
+        result = _failed(run, values, str(disk_full_message(exc) or exc), log=lambda text: run.log(text, "error"))
     except Exception as exc:  # a bug or an out-of-memory: still report it in the page, with the log
         run.log_exception(exc)
-        result = TrainResult("failed", message=f"{type(exc).__name__}: {exc}", log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        result = _failed(run, values, f"{type(exc).__name__}: {exc}")
     finally:
         run.close()
     emit(on_event, Finished(result.status, message=result.message, lora_path=result.lora_path,
                             state_dir=result.state_dir, log_path=result.log_path))
     return result
+
+
+def _failed(run, values: dict, message: str, log=None) -> TrainResult:
+    """A failed run's result; the message ends with what exists to continue from."""
+    from engine.training.outputs import continue_point
+
+    try:
+        message = f"{message}; {continue_point(values['output_dir'], values['output_name'])}"
+    except OSError:
+        pass
+    if log is not None:
+        log(message)
+    return TrainResult("failed", message=message, log_path=str(run.log_path or ""), steps=run.step,
+                       epoch=run.completed_epochs)

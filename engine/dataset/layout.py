@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.dataset.captions import read_caption_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
@@ -38,7 +40,7 @@ def is_image(path: Path) -> bool:
 
 def read_caption(path: str | Path) -> str:
     """Caption text: BOM, CRLF and surrounding whitespace removed; lines joined by spaces."""
-    text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    text, _ = read_caption_file(path)  # the preflight reports how it was decoded
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

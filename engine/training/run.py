@@ -22,6 +22,7 @@ from engine.training import flow
 from engine.training.cache import CACHE_FOLDER, EntryCache, bytes_digest, entry_key, file_identity
 from engine.training.data import Sample, epoch_batches, fit_to_bucket, load_samples, steps_in_epoch
 from engine.training.optim import create_optimizer, create_scheduler
+from engine.training.outputs import link_tree, prune_epoch_states
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
@@ -37,6 +38,7 @@ class TrainingRun:
         self.log_path: Path | None = None
         self._log_file = None
         self._writer = None
+        self.saved_states: dict[int, Path] = {}  # step -> state folder written by this run
 
     # ---- reporting --------------------------------------------------------------------
     def log(self, text: str, level: str = "info") -> None:
@@ -398,9 +400,9 @@ class TrainingRun:
                 if self.step % self.steps_per_epoch == 0:
                     self.completed_epochs = self.step // self.steps_per_epoch
                     self.log(f"epoch {self.completed_epochs} done, average loss {average:.5f}")
+                self._periodic_saves()  # the last epoch too: a later Continue must not lose it
                 if self.step >= self.total_steps:
                     break
-                self._periodic_saves()
                 if self.stop.is_set():
                     self.log("stop requested: saving and stopping", "warning")
                     return "stopped"
@@ -462,6 +464,8 @@ class TrainingRun:
             self._save_lora(f"{name}-{epoch:06d}.safetensors")
             if values["save_state"]:
                 self._save_state(f"{name}-{epoch:06d}-state")
+                for removed in prune_epoch_states(values["output_dir"], name, values["save_last_n_epochs_state"]):
+                    self.log(f"removed {removed.name} (Keep last N epoch states: {values['save_last_n_epochs_state']})")
         if values["save_every_n_steps"] and self.step % values["save_every_n_steps"] == 0:
             self._save_lora(f"{name}-step{self.step:08d}.safetensors")
             if values["save_state"]:
@@ -499,15 +503,24 @@ class TrainingRun:
         state = TrainState(current_epoch=self.step // self.steps_per_epoch, current_step=self.step,
                            steps_per_epoch=self.steps_per_epoch, step_in_epoch=self.step % self.steps_per_epoch,
                            runs=self.state.runs + [self.run_record])
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and self._saved_state_at(self.step) is not None:
+            with atomic_dir(path) as temporary:  # the same state just saved under an epoch/step name
+                link_tree(self._saved_state_at(self.step), temporary)
+            self.log(f"saved state {path.name} (step {self.step})")
+        elif self.accelerator.is_main_process:
             with atomic_dir(path) as temporary:
                 self.accelerator.save_state(str(temporary))
                 save_lora(self.accelerator.unwrap_model(self.transformer), temporary / ADAPTER_FILE,
                           precision="float", mem_eff=True)
                 write_train_state(temporary, state)
             self.log(f"saved state {path.name} (step {self.step})")
+        self.saved_states[self.step] = path
         self.accelerator.wait_for_everyone()
         return path
+
+    def _saved_state_at(self, step: int) -> Path | None:
+        path = self.saved_states.get(step)
+        return path if path is not None and path.is_dir() else None
 
 
 def _state_adapter_file(folder: Path) -> Path | None:
