@@ -48,7 +48,8 @@ def _kind_problem(key: str, path: Path, header: Header, wanted: str, expected: s
     if found != wanted:
         home = _HOME_OF_KIND.get(found)
         where = f" (it belongs in {OPTIONS[home].label})" if home and home != key else ""
-        return f"{key}: {path.name} is {describe(shapes)}, not {expected}{where}"
+        what = describe(shapes).removesuffix(", not a base model")
+        return f"{key}: {path.name} is {what}, not {expected}{where}"
     try:
         if wanted == "flux":
             from engine.models.flux import infer_flux_architecture
