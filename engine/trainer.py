@@ -56,6 +56,18 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None, over
     return result
 
 
+def continue_from_latest_state(values: dict) -> dict:
+    """`values` resuming from the newest state of this output name (StateError, saying what
+    exists instead, when there is none). Engine words: the page shows them too."""
+    from engine.train_state import find_latest_state
+    from engine.training.outputs import continue_point
+
+    state = find_latest_state(values["output_dir"], values["output_name"])
+    if state is None:
+        raise StateError(f"nothing to continue: {continue_point(values['output_dir'], values['output_name'])}")
+    return dict(values, resume=str(state))
+
+
 def _preflight(values: dict, overwrite: bool, on_event) -> list[str]:
     from engine.preflight import preflight
 

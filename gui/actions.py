@@ -86,17 +86,15 @@ def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
 
 # ---- training --------------------------------------------------------------------------
 def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
-    from engine.cli import CommandError
-    from engine.trainer import check_ready
+    from engine.train_state import StateError
+    from engine.trainer import check_ready, continue_from_latest_state
 
     if runner.running:
         return "**A training run is already going;** stop it first or wait for it to finish."
     if continuing and not problems:
-        from engine.commands.train import continue_values
-
         try:
-            values = continue_values(values)
-        except CommandError as exc:
+            values = continue_from_latest_state(values)
+        except StateError as exc:
             return f"**Cannot continue:** {_escape(str(exc))}"
     problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
     if problems:

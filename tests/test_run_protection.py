@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands.train import continue_values
 from engine.events import Log
 from engine.fsutil import DiskFullError, atomic_path
 from engine.preset import save_preset
 from engine.train_state import read_train_state
-from engine.trainer import train
+from engine.trainer import continue_from_latest_state, train
 from engine.training.lock import LOCK_FILE, RunLock
 from tests.fixtures.datasets import tiny_training_values
 
@@ -35,7 +34,7 @@ def test_chain_3_5_6_epochs_keeps_every_epoch_and_its_state(tiny_model_files, tm
     values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=3, save_state=True)
     assert train(values).status == "completed"
     for epochs in (5, 6):
-        assert train(continue_values(dict(values, epoch=epochs))).status == "completed"
+        assert train(continue_from_latest_state(dict(values, epoch=epochs))).status == "completed"
     expected = [f"tiny-{e:06d}{suffix}" for e in range(1, 7) for suffix in ("-state", ".safetensors")]
     assert names(values["output_dir"]) == sorted(expected + ["tiny-state", "tiny.safetensors"])
     out = Path(values["output_dir"])

@@ -147,4 +147,4 @@ def continue_point(output_dir: str | Path, name: str) -> str:
         newest = max(loras, key=lambda p: p.stat().st_mtime)
         return (f"no saved state to continue from; the newest LoRA is {newest} (it can be the "
                 "starting LoRA of a new run)")
-    return f"nothing saved yet for {name} in {output_dir}"
+    return f"no state and no LoRA of {name} in {output_dir} yet"
