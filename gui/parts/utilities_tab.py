@@ -17,7 +17,7 @@ class UtilitiesTab:
                     "(the original is kept as `train_state.json.bak`).")
         self.folder = gr.Textbox(label="State folder", max_lines=1, elem_id="fix-dir",
                                  placeholder="e.g. C:\\lora\\model\\ohwx-000025-state")
-        self.steps = gr.Number(label="Steps per epoch", value=0, precision=0, minimum=0, elem_id="fix-steps",
+        self.steps = gr.Number(label="Steps per epoch", value=0, precision=0, elem_id="fix-steps",
                                info="0 = count them from the image folder of the preset on screen")
         with gr.Row():
             self.preview = gr.Button("Preview", elem_id="fix-preview")
