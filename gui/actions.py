@@ -204,9 +204,9 @@ def finished_status(finished) -> str:
     """Finished, stopped and failed runs look different: colour and words."""
     from engine.messages import labelled
 
-    colour, word = _LOOK.get(finished.status, _LOOK["failed"])
+    word = _LOOK.get(finished.status, _LOOK["failed"])[1]
     text = "; ".join(labelled(part) for part in finished.message.split("; "))
-    status = f'<span style="color:{colour}"><b>{word}</b></span>: {_escape(text)}'
+    status = f"**{word}**: {_escape(text)}"
     if finished.status == "failed" and finished.log_path:
         status += f"\n\nLog: `{finished.log_path}`"
     if finished.status != "failed" and finished.state_dir:

@@ -15,14 +15,18 @@ from tests.test_gui import (app_url, browser, field, fill, load_through_page, pa
 
 
 def config_status(page, *words):
-    return wait_for_status(page, *words, timeout=30000, box="#config-status")
+    try:
+        return wait_for_status(page, *words, timeout=30000, box="#config-status")
+    except Exception:
+        raise AssertionError(f"config status is {page.locator('#config-status').inner_text()!r}") from None
 
 
 def dropdown_options(page):
     page.locator("#preset-pick input").click()
     page.wait_for_selector("[role=option]")
     options = page.locator("[role=option]").all_inner_texts()
-    page.keyboard.press("Escape")
+    page.get_by_text("Configuration", exact=True).click()  # close the list without picking
+    page.wait_for_selector("[role=option]", state="detached")
     return options
 
 
@@ -145,6 +149,6 @@ def test_check_finds_a_wrong_file_at_once_and_a_stopped_run_looks_stopped(page, 
     status = wait_for_status(page, "Stopped", "failed")
     assert status.startswith("Stopped: stopped at step")
     assert "— stopped" in page.locator("#progress").inner_text()
-    colour = page.locator("#status-box span").first.evaluate("e => getComputedStyle(e).color")
+    colour = page.locator("#progress div", has_text="stopped").last.evaluate("e => getComputedStyle(e).color")
     assert colour == "rgb(179, 89, 0)"  # amber, not a finished run's green
     page.screenshot(path=str(tmp_path / "stopped-looks-stopped.png"), full_page=True)
