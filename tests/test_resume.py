@@ -116,8 +116,8 @@ def test_kill_during_a_state_save_leaves_the_previous_state_usable(tiny_model_fi
     assert run_python(KILL_DURING_SECOND_STATE_SAVE, preset).returncode == -9
     out = Path(values["output_dir"])
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    # The final LoRA was written, its state was not: no half-written tiny-state folder.
-    assert visible == ["tiny-000001-state", "tiny-000001.safetensors", "tiny.safetensors"]
+    # Epoch 2's LoRA was written, its state was not: no half-written tiny-000002-state folder.
+    assert visible == ["tiny-000001-state", "tiny-000001.safetensors", "tiny-000002.safetensors"]
     assert find_latest_state(out, "tiny") == out / "tiny-000001-state"
     assert read_train_state(out / "tiny-000001-state").current_step == 10
     result = train(dict(values, resume=str(out / "tiny-000001-state")))
@@ -154,7 +154,7 @@ def test_incompatible_resume_is_a_clear_error(tiny_model_files, tmp_path):
     train(values)
     state = str(Path(values["output_dir"]) / "tiny-state")
     rank = train(dict(values, epoch=2, resume=state, network_dim=8))
-    assert rank.status == "failed" and "rank 4, but network_dim is 8; set network_dim to 4" in rank.message
+    assert rank.status == "failed" and "is a rank 4 LoRA, but Network rank (dim) is 8; set it to 4" in rank.message
     data = train(dict(values, epoch=2, resume=state, train_batch_size=2))
     assert data.status == "failed"
     assert "was trained at 10 steps per epoch, this preset gives 5; the dataset, repeats, batch size" in data.message

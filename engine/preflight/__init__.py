@@ -10,7 +10,6 @@ about ("key: ..."); `engine.messages.labelled` turns that into the page's field 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +57,3 @@ def preflight(values: dict, overwrite: bool = False) -> Report:
         report.problems += check_optimizer(values)
     check_disk(values, report, headers, samples)
     return report
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)

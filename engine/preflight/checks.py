@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -67,12 +68,15 @@ def check_dataset(values: dict, report, bad: set) -> list:
         else:
             samples += balance_regularisation(found, sum(sample.repeats for sample in samples))
     if samples and not bad & {"train_batch_size", "gradient_accumulation_steps"}:
-        from engine.preflight import world_size
         from engine.training.data import steps_in_epoch
 
         report.steps_per_epoch = steps_in_epoch(samples, values["train_batch_size"],
                                                 values["gradient_accumulation_steps"], world_size())
     return samples
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 # ---- folders ------------------------------------------------------------------------------
