@@ -219,9 +219,10 @@ def finished_bar(view, status: str) -> str:
         return ""
     colour, word = _LOOK.get(status, _LOOK["failed"])
     percent = 100 * view.done / view.total
-    return (f'<progress class="fluxlora-progress" style="accent-color:{colour}" value="{view.done}" '
-            f'max="{view.total}"></progress><div style="color:{colour}">{view.done} / {view.total} '
-            f"({percent:.0f}%) — {word.lower()}</div>")
+    # A drawn bar, not <progress>: the browser paints that in its own (green) colour whatever happened.
+    return (f'<div class="fluxlora-progress" style="background:#ddd"><div style="width:{percent:.1f}%;'
+            f'height:100%;background:{colour}"></div></div><div style="color:{colour}">{view.done} / '
+            f"{view.total} ({percent:.0f}%) — {word.lower()}</div>")
 
 
 def _gpu_memory() -> str:
