@@ -209,7 +209,7 @@ def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):
     assert field(page, "output_name").input_value() == "from_kohya"
     bad = tmp_path / "bad.json"
     bad.write_text('{"epoch": 0}')
-    assert "epoch: 0 is not allowed" in load_through_page(page, bad)
+    assert "Epochs (epoch): 0 is not allowed" in load_through_page(page, bad)
 
 
 def test_prepare_tag_and_fill_in(page, tmp_path, tiny_wd14_dir):

@@ -192,10 +192,17 @@ def check_outputs(values: dict, report, overwrite: bool) -> None:
 # ---- optimizer ----------------------------------------------------------------------------
 def check_optimizer(values: dict) -> list[str]:
     """Build the preset's optimizer on one tiny tensor: the library itself judges the arguments."""
+    import logging
+
     import torch
 
     from engine.training.optim import create_optimizer
 
+    # transformers' optimizers import bitsandbytes, whose CPU backend announces an optional 4-bit
+    # kernel package FluxLoRA never uses; that notice would come before every preflight finding.
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         create_optimizer(values, [torch.nn.Parameter(torch.zeros(2, 2))])
     except ValueError as exc:
@@ -205,6 +212,8 @@ def check_optimizer(values: dict) -> list[str]:
         return [f"optimizer_args: {values['optimizer_args']!r} do not fit {values['optimizer']} ({text})"]
     except ImportError as exc:
         return [f"optimizer: {values['optimizer']} cannot be used here ({exc})"]
+    finally:
+        quiet.setLevel(level)
     return []
 
 
