@@ -18,6 +18,17 @@ def _escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
 
 
+# The few engine messages that name a command-line flag, in the page's words instead.
+_PAGE_WORDS = (("use --overwrite to rebuild", "tick \u201cRebuild an existing destination\u201d to rebuild"),
+               ("pass it as --model-dir (GUI: WD14 model folder)", "choose it as the WD14 model folder"))
+
+
+def page_words(message: str) -> str:
+    for cli, page in _PAGE_WORDS:
+        message = message.replace(cli, page)
+    return message
+
+
 # ---- dataset preparation ---------------------------------------------------------------
 def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, dict | None]:
     from engine.dataset.layout import DatasetError
@@ -32,7 +43,7 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
     try:
         result, tagged = prepare_from_values(values, tag=tag, overwrite=overwrite, on_event=report)
     except (DatasetError, TaggerError, ValueError, OSError) as exc:
-        return f"**Could not prepare:** {_escape(str(exc))}", None
+        return f"**Could not prepare:** {_escape(page_words(str(exc)))}", None
     lines = [f"Copied **{result.copied}** images to `{result.train_folder}`."]
     if result.kept_captions:
         lines.append(f"Kept {result.kept_captions} captions from the previous destination.")

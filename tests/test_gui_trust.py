@@ -152,3 +152,19 @@ def test_check_finds_a_wrong_file_at_once_and_a_stopped_run_looks_stopped(page, 
     colour = page.locator("#progress div", has_text="stopped").last.evaluate("e => getComputedStyle(e).color")
     assert colour == "rgb(179, 89, 0)"  # amber, not a finished run's green
     page.screenshot(path=str(tmp_path / "stopped-looks-stopped.png"), full_page=True)
+
+
+def test_page_messages_name_no_command_line_flags(tmp_path):
+    from gui import actions
+    from tests.fixtures.datasets import write_images
+
+    photos = tmp_path / "photos"
+    write_images(photos, 1)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "something.txt").write_text("x")
+    values = dict(default_values(), dataset_instance_prompt="ohwx", dataset_class_prompt="man",
+                  dataset_images_dir=str(photos), dataset_dest_dir=str(dest))
+    message, _ = actions.prepare(values, overwrite=False, tag=False, progress=lambda *a, **k: None)
+    assert "already exists and is not empty" in message and "--" not in message
+    assert "Rebuild an existing destination" in message

@@ -125,3 +125,16 @@ def test_disk_full_names_the_file_and_keeps_nothing_half_written(tmp_path):
                 full.flush()
     assert caught.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_message_names_the_path_and_the_last_complete_state(tiny_model_files, tmp_path):
+    from engine.training.guard import disk_full_message
+    from engine.trainer import with_continue_point
+
+    values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=1)
+    assert train(values).status == "completed"
+    out = Path(values["output_dir"])
+    full = DiskFullError(28, "No space left on device", str(out / "tiny-000002-state"))
+    assert with_continue_point(values, disk_full_message(full)) == (
+        f"the disk is full: {out / 'tiny-000002-state'} could not be written (nothing half-written was kept); free "
+        f"some space on that drive; to continue from: state {out / 'tiny-state'} (epoch 1, step 4)")

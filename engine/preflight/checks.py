@@ -170,8 +170,8 @@ def check_outputs(values: dict, report, overwrite: bool) -> None:
     from engine.training.outputs import existing_run
 
     folder = values["output_dir"]
-    if not folder.strip() or not Path(folder).is_dir():
-        return
+    if not folder.strip() or not Path(folder).is_dir() or os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only the main process holds the lock and decides about the folder
     live = holder(folder)
     if live is not None:
         report.busy = live

@@ -45,8 +45,12 @@ def _process_started(pid: int) -> float | None:
 
 
 def read_lock(folder: str | Path) -> LockInfo | None:
+    return read_lock_file(Path(folder) / LOCK_FILE)
+
+
+def read_lock_file(path: Path) -> LockInfo | None:
     try:
-        data = json.loads((Path(folder) / LOCK_FILE).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
         return LockInfo(**data)
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -96,13 +100,28 @@ class RunLock:
                 if not is_stale(info):
                     raise FolderBusyError(busy_message(self.path.parent, info)) from None
                 self.replaced = info
-                self.path.unlink(missing_ok=True)
+                self._set_aside(info)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(asdict(mine), handle)
             self._held = True
             return
         raise FolderBusyError(f"{self.path.parent}: could not take the run lock {self.path.name}; try again")
+
+    def _set_aside(self, stale: LockInfo) -> None:
+        """Remove the stale lock, and only it: when two runs replace one stale lock at once, the
+        second would otherwise delete the lock the first has just written."""
+        aside = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.stale")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return
+        if read_lock_file(aside) != stale:  # another run's fresh lock: put it back
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        aside.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._held:
