@@ -4,6 +4,7 @@ of runs, a finished run is replaced only on request, one run per folder, bounded
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,10 +86,10 @@ def test_a_live_run_holds_the_folder_and_a_stale_lock_is_replaced(tiny_model_fil
         result = train(values)
         assert result.status == "failed"
         assert f"output_dir: another training run is writing into {out} (process {os.getpid()} on " in result.message
-        assert "(other)); wait for it to finish, stop it, or choose another output folder" in result.message
+        assert ", training other); wait for it to finish, stop it, or choose another output folder" in result.message
     assert not (out / LOCK_FILE).exists() and lock.replaced is None
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = json.loads(json.dumps({"pid": int(finished.stdout), "host": os.uname().nodename, "started_at": 1.0e9,
+    dead = json.loads(json.dumps({"pid": int(finished.stdout), "host": socket.gethostname(), "started_at": 1.0e9,
                                   "process_started": 1.0e9, "output_name": "crashed"}))
     (out / LOCK_FILE).write_text(json.dumps(dead))
     events = []

@@ -31,7 +31,7 @@ class LockInfo:
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
-        name = f" ({self.output_name})" if self.output_name else ""
+        name = f", training {self.output_name}" if self.output_name else ""
         return f"process {self.pid} on {self.host}, started {when}{name}"
 
 

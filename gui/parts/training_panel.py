@@ -65,7 +65,8 @@ class TrainingPanel:
                 self.page.working.remember(values)
             message, offer = actions.start(self.page.runner, values, problems, "start" if name else mode)
             shown = offer is not None
-            return (message, actions.vram_text(values) if not problems and not shown else gr.update(), offer or "",
+            started = message.startswith(("Started", "Continued"))
+            return (message, actions.vram_text(values) if started else gr.update(), offer or "",
                     gr.update(visible=shown, value=f"Start as {offer}" if shown else None),
                     gr.update(visible=shown), name if name else gr.update())
         return handler
