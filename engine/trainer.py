@@ -8,9 +8,11 @@ preset's cadence. Everything is reported through `engine.events`; nothing is pri
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from engine.dataset.layout import DatasetError
 from engine.events import Finished, Log, emit
+from engine.fsutil import sweep_stale_temps
 from engine.models.errors import ModelFileError
 from engine.preset import PresetError
 from engine.train_state import StateError
@@ -41,7 +43,10 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None, over
         return result
     run = TrainingRun(values, on_event, stop or threading.Event())
     try:
-        with output_guard(values, overwrite, on_event):
+        with output_guard(values, overwrite, on_event) as main_process:
+            for folder in leftover_folders(values) if main_process else []:  # torchrun: rank 0 only
+                for line in sweep_stale_temps(folder):
+                    emit(on_event, Log(line, "warning"))
             result = run.execute()
     except (ModelFileError, DatasetError, PresetError, StateError, FolderBusyError, ValueError, OSError) as exc:
         message = with_continue_point(values, disk_full_message(exc) or str(exc))
@@ -54,6 +59,17 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None, over
         run.close()
     emit(on_event, result)
     return result
+
+
+def leftover_folders(values: dict) -> list[Path]:
+    """Where a crashed run may have left temporaries: the output folder and the disk caches."""
+    from engine.training.cache import CACHE_FOLDER
+
+    folders = [Path(values["output_dir"])]
+    for key in ("train_data_dir", "reg_data_dir"):
+        if values[key]:
+            folders += [Path(values[key]) / CACHE_FOLDER / kind for kind in ("latents", "text")]
+    return folders
 
 
 def continue_from_latest_state(values: dict) -> dict:

@@ -192,16 +192,18 @@ def render(runner):
     log = "\n".join(list(view.log)[-LOG_LINES:])  # newest last, always in view
     if not view.phase:
         return "Idle. Fill in the tabs, then press Start.", "", frame, log
-    percent = 100 * view.done / view.total if view.total else 0
-    bar = (f'<progress class="fluxlora-progress" value="{view.done}" max="{view.total}"></progress>'
-           f"<div>{view.done} / {view.total} ({percent:.0f}%)</div>") if view.total else ""
+    done, total = (view.latest.done, view.latest.total) if view.latest is not None else (0, 0)
+    percent = 100 * done / total if total else 0
+    bar = (f'<progress class="fluxlora-progress" value="{done}" max="{total}"></progress>'
+           f"<div>{done} / {total} ({percent:.0f}%)</div>") if total else ""
     if view.finished is not None:
         return finished_status(view.finished), finished_bar(view, view.finished.status), frame, log
     status = f"**{html.escape(view.phase.capitalize())}**"
     if view.phase == "training":
-        rate = f"{view.steps_per_second:.2f} it/s" if view.steps_per_second else "– it/s"
-        status += (f" — step {view.done}/{view.total}, epoch {view.epoch}/{view.total_epochs}, {rate}, "
-                   f"ETA {_clock(view.eta_seconds)}")
+        step = view.training
+        rate = f"{step.steps_per_second:.2f} it/s" if step.steps_per_second else "– it/s"
+        status += (f" — step {step.done}/{step.total}, epoch {step.epoch}/{step.total_epochs}, {rate}, "
+                   f"ETA {_clock(step.eta_seconds)}")
     memory = _gpu_memory()
     if memory:
         status += f" — {memory}"

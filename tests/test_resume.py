@@ -10,6 +10,7 @@ from engine.events import Log
 from engine.preset import save_preset
 from engine.train_state import find_latest_state, read_train_state
 from engine.trainer import train
+from engine.training.lock import LOCK_FILE
 from tests.fixtures.datasets import tiny_training_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +27,27 @@ def tensors_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_python(code: str, *args):
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+KILL_ME = "kill me now"
+
+
+def run_until_killed(code: str, *args) -> int:
+    """Run `code`, which prints KILL_ME and waits at the moment to crash; kill it there the way the
+    platform hard-kills (Popen.kill: SIGKILL here, TerminateProcess on Windows). Returns its exit code."""
+    child = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        for line in child.stdout:
+            if line.strip() == KILL_ME:
+                child.kill()
+                break
+        else:
+            raise AssertionError(f"the run ended (exit {child.wait(timeout=60)}) before it asked to be killed")
+        return child.wait(timeout=60)
+    finally:
+        child.stdout.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=60)
 
 
 def test_three_runs_15_25_30_are_cumulative_and_equal_one_uninterrupted_run(tiny_model_files, tmp_path):
@@ -60,14 +79,15 @@ def _metadata(path):
 
 
 KILL_AT_STEP = """
-import os, signal, sys
+import sys, time
 from engine.events import Progress
 from engine.preset import load_preset
 from engine.trainer import train
 
 def on_event(event):
     if isinstance(event, Progress) and event.phase == "training" and event.done == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("kill me now", flush=True)
+        time.sleep(600)
 
 train(load_preset(sys.argv[1]).values, on_event=on_event)
 """
@@ -77,8 +97,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
     values = values_for(tiny_model_files, tmp_path / "killed", epoch=3, save_every_n_steps=7, save_state=True)
     preset = tmp_path / "killed.json"
     save_preset(values, preset)
-    killed = run_python(KILL_AT_STEP, preset, 17)
-    assert killed.returncode == -9, killed.stderr
+    assert run_until_killed(KILL_AT_STEP, preset, 17) != 0
     out = Path(values["output_dir"])
     assert find_latest_state(out, "tiny") == out / "tiny-step00000014-state"
     assert not (out / "tiny.safetensors").exists()
@@ -92,7 +111,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
 
 
 KILL_DURING_SECOND_STATE_SAVE = """
-import os, signal, sys
+import sys, time
 import engine.training.checkpoint as checkpoint
 from engine.preset import load_preset
 from engine.trainer import train
@@ -102,7 +121,8 @@ real_write = checkpoint.write_train_state
 def crash_on_second_save(folder, state):
     calls.append(folder)
     if len(calls) == 2:  # adapter and optimizer of the second state are already on disk
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("kill me now", flush=True)
+        time.sleep(600)
     real_write(folder, state)
 checkpoint.write_train_state = crash_on_second_save
 train(load_preset(sys.argv[1]).values)
@@ -113,15 +133,20 @@ def test_kill_during_a_state_save_leaves_the_previous_state_usable(tiny_model_fi
     values = values_for(tiny_model_files, tmp_path, epoch=2, save_every_n_epochs=1, save_state=True)
     preset = tmp_path / "p.json"
     save_preset(values, preset)
-    assert run_python(KILL_DURING_SECOND_STATE_SAVE, preset).returncode == -9
+    assert run_until_killed(KILL_DURING_SECOND_STATE_SAVE, preset) != 0
     out = Path(values["output_dir"])
-    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    # Epoch 2's LoRA was written, its state was not: no half-written tiny-000002-state folder.
-    assert visible == ["tiny-000001-state", "tiny-000001.safetensors", "tiny-000002.safetensors"]
+    # Epoch 2's LoRA was written, its state was not: the half-written one says it is temporary,
+    # and the next run removes it. The killed run's lock stays behind, stale, until then.
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    leftovers = [name for name in names if name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith("tiny-000002-state.fluxlora-"), names
+    assert [name for name in names if not name.endswith(".tmp")] == [
+        "tiny-000001-state", "tiny-000001.safetensors", "tiny-000002.safetensors"]
     assert find_latest_state(out, "tiny") == out / "tiny-000001-state"
     assert read_train_state(out / "tiny-000001-state").current_step == 10
     result = train(dict(values, resume=str(out / "tiny-000001-state")))
     assert (result.status, result.steps) == ("completed", 20)
+    assert not (out / leftovers[0]).exists()
 
 
 def test_kohya_state_is_repaired_on_resume_with_backup(tiny_model_files, tmp_path):

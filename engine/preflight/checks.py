@@ -97,6 +97,17 @@ def folder_problem(key: str, folder: str) -> str | None:
     return None
 
 
+def path_length_problems(values: dict) -> list[str]:
+    """Folders whose files' full paths would pass Windows' 260-character limit (engine.names)."""
+    from engine.names import CACHE_TAIL, OUTPUT_TAIL, path_length_problem
+
+    checks = [("output_dir", values["output_dir"], len(values["output_name"]) + OUTPUT_TAIL)]
+    if values["cache_latents_to_disk"] or values["flux1_cache_text_encoder_outputs_to_disk"]:
+        checks += [(key, values[key], CACHE_TAIL) for key in ("train_data_dir", "reg_data_dir") if values[key]]
+    found = (path_length_problem(key, folder, tail) for key, folder, tail in checks if folder.strip())
+    return [problem for problem in found if problem]
+
+
 def check_folders(values: dict) -> list[str]:
     from engine.training.cache import CACHE_FOLDER
 
@@ -108,6 +119,7 @@ def check_folders(values: dict) -> list[str]:
         problems.append("output_dir: empty; choose where the LoRA files go")
     else:
         problems.append(folder_problem("output_dir", values["output_dir"]))
+    problems += path_length_problems(values)
     if values["logging_dir"].strip():
         problems.append(folder_problem("logging_dir", values["logging_dir"]))
     to_disk = (values["cache_latents"] and values["cache_latents_to_disk"]) or (

@@ -19,12 +19,13 @@ def _main_process() -> bool:
 @contextlib.contextmanager
 def output_guard(values: dict, overwrite: bool, on_event=None):
     """Hold the output folder's run lock for the run; with `overwrite`, first delete the previous
-    run's files of this output name (never those of other names)."""
+    run's files of this output name (never those of other names). Yields whether this is the
+    process that writes files (rank 0 under torchrun)."""
     from engine.training.lock import RunLock
     from engine.training.outputs import remove_run_files
 
     if not _main_process():
-        yield
+        yield False
         return
     with RunLock(values["output_dir"], values["output_name"]) as lock:
         if lock.replaced is not None:
@@ -35,7 +36,7 @@ def output_guard(values: dict, overwrite: bool, on_event=None):
                 emit(on_event, Log(f"overwrite: deleted the previous run's {len(removed)} files of "
                                    f"{values['output_name']} ({', '.join(p.name for p in removed[:6])}"
                                    f"{', ...' if len(removed) > 6 else ''})", "warning"))
-        yield
+        yield True
 
 
 def disk_full_message(exc: BaseException) -> str | None:
