@@ -197,7 +197,7 @@ def render(runner):
     bar = (f'<progress class="fluxlora-progress" value="{done}" max="{total}"></progress>'
            f"<div>{done} / {total} ({percent:.0f}%)</div>") if total else ""
     if view.finished is not None:
-        return finished_status(view.finished), finished_bar(view, view.finished.status), frame, log
+        return finished_status(view.finished), finished_bar(done, total, view.finished.status), frame, log
     status = f"**{html.escape(view.phase.capitalize())}**"
     if view.phase == "training":
         step = view.training
@@ -227,15 +227,15 @@ def finished_status(finished) -> str:
     return status
 
 
-def finished_bar(view, status: str) -> str:
-    if not view.total:
+def finished_bar(done: int, total: int, status: str) -> str:
+    if not total:
         return ""
     colour, word = _LOOK.get(status, _LOOK["failed"])
-    percent = 100 * view.done / view.total
+    percent = 100 * done / total
     # A drawn bar, not <progress>: the browser paints that in its own (green) colour whatever happened.
     return (f'<div class="fluxlora-progress" style="background:#ddd"><div style="width:{percent:.1f}%;'
-            f'height:100%;background:{colour}"></div></div><div style="color:{colour}">{view.done} / '
-            f"{view.total} ({percent:.0f}%) — {word.lower()}</div>")
+            f'height:100%;background:{colour}"></div></div><div style="color:{colour}">{done} / '
+            f"{total} ({percent:.0f}%) — {word.lower()}</div>")
 
 
 def _gpu_memory() -> str:
