@@ -99,7 +99,7 @@ def test_a_live_run_holds_the_folder_and_a_stale_lock_is_replaced(tiny_model_fil
     assert not (out / LOCK_FILE).exists()
 
 
-def test_stopped_cli_run_exits_130_and_says_what_to_continue_from(tiny_model_files, tmp_path):
+def test_stopped_cli_run_exits_130_not_0(tiny_model_files, tmp_path):
     values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=400, save_every_n_epochs=0)
     preset = tmp_path / "p.json"
     save_preset(values, preset)
