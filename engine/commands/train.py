@@ -35,8 +35,8 @@ def run(args) -> int:
     from engine.trainer import continue_from_latest_state, train
 
     loaded = load_preset(args.preset)
-    for line in loaded.warnings():
-        print(f"warning: {line}", file=sys.stderr)
+    for line in loaded.report_lines():
+        print(f"note: {line}", file=sys.stderr)
     values = apply_overrides(loaded.values, args.set)
     if args.continue_run:
         try:

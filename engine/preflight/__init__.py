@@ -53,7 +53,15 @@ def preflight(values: dict, overwrite: bool = False) -> Report:
             report.problems.append(f"network_weights: file {values['network_weights']} not found")
     check_resume(values, report, samples)
     check_outputs(values, report, overwrite)
-    if not bad & {"optimizer", "optimizer_args"}:
-        report.problems += check_optimizer(values)
+    if not bad & {"optimizer", "optimizer_args", "lr_scheduler", "lr_warmup_steps", "lr_warmup", "unet_lr",
+                  "learning_rate", "text_encoder_lr"}:
+        from engine.training.optim import optimizer_problems
+
+        # sd-scripts' rules for the arguments first; then the library itself builds the optimizer.
+        report.problems += optimizer_problems(values) or check_optimizer(values)
+    if not bad & {"enable_bucket", "max_resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"}:
+        from engine.training.buckets import bucket_problems
+
+        report.problems += bucket_problems(values)
     check_disk(values, report, headers, samples)
     return report

@@ -134,7 +134,7 @@ def check_folders(values: dict) -> list[str]:
 # ---- the state to continue from -----------------------------------------------------------
 def check_resume(values: dict, report, samples) -> None:
     from engine.preflight.models import check_lora_file
-    from engine.train_state import StateError, expected_step, read_train_state
+    from engine.train_state import StateError, read_train_state, read_true_step
     from engine.training.outputs import state_adapter_file
 
     if not values["resume"]:
@@ -144,7 +144,7 @@ def check_resume(values: dict, report, samples) -> None:
         report.problems.append(f"resume: {values['resume']} is not a state folder (no train_state.json in it)")
         return
     try:
-        state = read_train_state(folder)
+        read_train_state(folder)
     except StateError as exc:
         report.problems.append(f"resume: {exc}")
         return
@@ -156,16 +156,10 @@ def check_resume(values: dict, report, samples) -> None:
     per_epoch = report.steps_per_epoch
     if per_epoch is None:
         return
-    if state.steps_per_epoch is not None and state.steps_per_epoch != per_epoch:
-        report.problems.append(
-            f"resume: {folder.name} was trained at {state.steps_per_epoch} steps per epoch, this preset gives "
-            f"{per_epoch}; the dataset, repeats, batch size or gradient accumulation changed. Restore them, or "
-            "start a new run without resume")
-        return
-    try:
-        step, _ = expected_step(state, per_epoch)
+    try:  # where the state really stands (kohya's non-cumulative count read as sd-scripts writes it)
+        step = read_true_step(folder, per_epoch).step
     except StateError as exc:
-        report.problems.append(f"resume: {folder.name}: {exc}")
+        report.problems.append(f"resume: {exc}")
         return
     report.start_step = step
     total = values["max_train_steps"] or values["epoch"] * per_epoch

@@ -109,6 +109,10 @@ def check_lora_file(key: str, path: str | Path, network_dim: int, what: str) -> 
         return [f"{key}: {exc}"]
     if kind(header.shapes()) != "lora":
         return [f"{key}: {path.name} is {describe(header.shapes())}, not a LoRA"]
+    from engine.models.lora_ranks import per_layer_ranks
+
+    if per_layer_ranks(path) is not None:
+        return []  # a rank per layer: the file decides the layers and ranks (sd-scripts' dim_from_weights)
     rank = lora_rank(header)
     if rank is not None and rank != network_dim:
         return [f"network_dim: {what} is a rank {rank} LoRA, but Network rank (dim) is {network_dim}; "
