@@ -11,7 +11,7 @@ import time
 def problem_list(title: str, problems: list[str]) -> str:
     from engine.messages import labelled
 
-    return f"**{title}:**\n\n" + "\n".join(f"- {_escape(labelled(p))}" for p in problems)
+    return f"**{title}:**\n\n" + "\n".join(f"- {_escape(page_words(labelled(p)))}" for p in problems)
 
 
 def _escape(text: str) -> str:
@@ -24,7 +24,9 @@ _PAGE_WORDS = (("use --overwrite to rebuild", "tick \u201cRebuild an existing de
 
 
 def page_words(message: str) -> str:
-    for cli, page in _PAGE_WORDS:
+    from engine.train_state import ASK_FOR_STEP
+
+    for cli, page in (*_PAGE_WORDS, (ASK_FOR_STEP, 'give the true step ("True step" in the Utilities tab)')):
         message = message.replace(cli, page)
     return message
 
@@ -245,7 +247,7 @@ def finished_status(finished) -> str:
     from engine.messages import labelled
 
     word = _LOOK.get(finished.status, _LOOK["failed"])[1]
-    text = "; ".join(labelled(part) for part in finished.message.split("; "))
+    text = page_words("; ".join(labelled(part) for part in finished.message.split("; ")))
     status = f"**{word}**: {_escape(text)}"
     if finished.status == "failed" and finished.log_path:
         status += f"\n\nLog: `{finished.log_path}`"

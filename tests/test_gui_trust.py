@@ -168,3 +168,6 @@ def test_page_messages_name_no_command_line_flags(tmp_path):
     message, _ = actions.prepare(values, overwrite=False, tag=False, progress=lambda *a, **k: None)
     assert "already exists and is not empty" in message and "--" not in message
     assert "Rebuild an existing destination" in message
+    from engine.train_state import ASK_FOR_STEP
+
+    assert "--" not in actions.problem_list("Fix these", [f"resume: x-state: current_step is 0; {ASK_FOR_STEP}"])

@@ -72,6 +72,8 @@ def check_dataset(values: dict, report, bad: set) -> list:
 
         report.steps_per_epoch = steps_in_epoch(samples, values["train_batch_size"],
                                                 values["gradient_accumulation_steps"], world_size())
+        report.notes.append(f"dataset: {len(samples)} images, {sum(s.repeats for s in samples)} with repeats, "
+                            f"{report.steps_per_epoch} steps per epoch")
     return samples
 
 
@@ -148,18 +150,18 @@ def check_resume(values: dict, report, samples) -> None:
     except StateError as exc:
         report.problems.append(f"resume: {exc}")
         return
+    step, per_epoch = None, report.steps_per_epoch
+    if per_epoch is not None:
+        try:  # where the state really stands (kohya's non-cumulative count read as sd-scripts writes it)
+            step = read_true_step(folder, per_epoch).step
+        except StateError as exc:
+            report.problems.append(f"resume: {exc}")
     adapter = state_adapter_file(folder)
     if adapter is None:
         report.problems.append(f"resume: {folder} holds no LoRA weights (adapter.safetensors or model.safetensors)")
     else:
         report.problems += check_lora_file("resume", adapter, values["network_dim"], f"the state {folder.name}")
-    per_epoch = report.steps_per_epoch
-    if per_epoch is None:
-        return
-    try:  # where the state really stands (kohya's non-cumulative count read as sd-scripts writes it)
-        step = read_true_step(folder, per_epoch).step
-    except StateError as exc:
-        report.problems.append(f"resume: {exc}")
+    if step is None:
         return
     report.start_step = step
     total = values["max_train_steps"] or values["epoch"] * per_epoch
