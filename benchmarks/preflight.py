@@ -63,7 +63,7 @@ def main() -> None:
         print(f"sparse FLUX.1-dev file: {size / 1e9:.1f} GB")
         values = tiny_training_values(files, root, pretrained_model_name_or_path=str(flux))
         seconds, problems = timed(values)  # the first call imports torch and friends
-        print(f"first preflight (imports included): {seconds:.2f} s; problems: {problems}")
+        print(f"first preflight (torch already imported by the writer): {seconds:.2f} s; problems: {problems}")
         cases = {"good preset": {}, "VAE as the FLUX model": {"pretrained_model_name_or_path": files["ae"]},
                  "FLUX.1-dev as the VAE": {"ae": str(flux)}, "FLUX.1-dev as T5": {"t5xxl": str(flux)}}
         for label, change in cases.items():
