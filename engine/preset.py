@@ -285,37 +285,38 @@ def parse_resolution(text: str) -> tuple[int, int]:
 def validate_values(values: dict[str, Any]) -> list[str]:
     """Every problem with `values`, each naming key, value and what is allowed."""
     problems: list[str] = []
+    bad = set()
     for option in OPTIONS_TABLE:
         if option.key not in values:
             problems.append(f"{option.key}: missing")
+            bad.add(option.key)
             continue
         problem = _check_value(option, values[option.key])
         if problem:
             problems.append(problem)
-    if problems:
-        return problems
-
-    try:
-        parse_resolution(values["max_resolution"])
-    except ValueError as exc:
-        problems.append(str(exc))
-    if values["min_bucket_reso"] > values["max_bucket_reso"]:
+            bad.add(option.key)
+    # The checks across fields run for every field that passed its own check: all problems at once.
+    if "max_resolution" not in bad:
+        try:
+            parse_resolution(values["max_resolution"])
+        except ValueError as exc:
+            problems.append(str(exc))
+    if not bad & {"min_bucket_reso", "max_bucket_reso"} and values["min_bucket_reso"] > values["max_bucket_reso"]:
         problems.append(
             f"min_bucket_reso: {values['min_bucket_reso']} is larger than max_bucket_reso "
             f"{values['max_bucket_reso']}, expected min_bucket_reso <= max_bucket_reso"
         )
-    extension = values["caption_extension"]
-    if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
+    extension = values.get("caption_extension")
+    if "caption_extension" not in bad and not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
         problems.append(f"caption_extension: {extension!r} is not allowed, expected an extension such as '.txt'")
-    name = values["output_name"]
-    name_issue = name_problem(name)
+    name = values.get("output_name")
+    name_issue = name_problem(name) if "output_name" not in bad else None
     if name_issue:
         problems.append(f"output_name: {name!r} is not allowed: {name_issue}; expected a file name such as "
                         "'my_flux_lora' (none of < > : \" / \\ | ? *, no device name such as CON or NUL)")
-    for key, words in (("optimizer_args", values["optimizer_args"].split()),):
-        for word in words:
-            if "=" not in word or word.startswith("="):
-                problems.append(f"{key}: {word!r} is not allowed, expected key=value pairs separated by spaces")
+    for word in values["optimizer_args"].split() if "optimizer_args" not in bad else ():
+        if "=" not in word or word.startswith("="):
+            problems.append(f"optimizer_args: {word!r} is not allowed, expected key=value pairs separated by spaces")
     return problems
 
 

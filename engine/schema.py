@@ -232,7 +232,12 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("bucket_reso_steps", "int", 64, ADVANCED, "Bucket resolution steps",
       "Bucket sides are multiples of this many pixels.", minimum=16, maximum=512),
     O("save_state", "bool", False, ADVANCED, "Save training state",
-      "Save a resumable state with every LoRA save."),
+      "Save a resumable state with every LoRA save, so a crash (power cut, out of memory) loses at most "
+      "the epoch in progress."),
+    O("save_last_n_epochs_state", "int", 0, ADVANCED, "Keep last N epoch states",
+      "With Save training state on: keep only the newest N per-epoch states (older ones are deleted, "
+      "so disk use stays bounded); 0 keeps all. The end-of-run state is always kept.", minimum=0,
+      maximum=100000),
     O("save_state_on_train_end", "bool", True, ADVANCED, "Save state at the end",
       "Save a resumable state when training ends or is stopped."),
     O("resume", "dir", "", ADVANCED, "Resume from state",

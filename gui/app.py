@@ -57,6 +57,10 @@ def launch(args) -> int:
     if (args.username or args.password) and not credentials:
         print("error: give both --username and --password", file=sys.stderr)
         return 1
+    if args.share and credentials is None:
+        print("error: --share makes a public link anyone can open, and this page can read and write files on "
+              "this computer; give --username and --password with --share", file=sys.stderr)
+        return 1
     if not local and credentials is None:
         print(f"warning: listening on {args.listen} without --username/--password: anyone on your network "
               "can open this page and start training", file=sys.stderr)

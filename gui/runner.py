@@ -43,7 +43,7 @@ class TrainingRunner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, values: dict) -> str | None:
+    def start(self, values: dict, overwrite: bool = False) -> str | None:
         """Start a run; returns a refusal message instead when one is already running."""
         with self._lock:
             if self.running:
@@ -51,7 +51,7 @@ class TrainingRunner:
             self.view = RunView(running=True, started_at=time.time())
             self.revision += 1
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, args=(dict(values),), name="fluxlora-train", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(dict(values), overwrite), name="fluxlora-train", daemon=True)
             self._thread.start()
         return None
 
@@ -61,11 +61,11 @@ class TrainingRunner:
         self._stop.set()
         return "Stopping at the next step; the LoRA (and the state, when state saving is on) will be saved."
 
-    def _run(self, values: dict) -> None:
+    def _run(self, values: dict, overwrite: bool = False) -> None:
         from engine.trainer import train
 
         try:
-            train(values, on_event=self._on_event, stop=self._stop)
+            train(values, on_event=self._on_event, stop=self._stop, overwrite=overwrite)
         except Exception as exc:  # never leave the page stuck in "running"
             from engine.events import Finished
 

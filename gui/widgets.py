@@ -14,8 +14,9 @@ def make_widget(option: Option, value):
     if option.choices:
         return gr.Dropdown(choices=list(option.choices), **common)
     if option.type in ("int", "float"):
-        return gr.Number(precision=0 if option.type == "int" else None, minimum=option.minimum,
-                         maximum=option.maximum, **common)
+        # No Gradio minimum/maximum: out-of-range values must reach the schema's own check (one
+        # list of every problem, by field), not fail inside Gradio before any handler runs.
+        return gr.Number(precision=0 if option.type == "int" else None, **common)
     placeholder = {"file": "path to a file", "dir": "path to a folder"}.get(option.type)
     return gr.Textbox(placeholder=placeholder, max_lines=1 if option.key != "description" else 4, **common)
 
@@ -44,6 +45,18 @@ def collect(raw_values) -> tuple[dict, list[str]]:
         else:
             values[option.key] = "" if raw is None else str(raw)
     return values, problems
+
+
+def left_events(widgets) -> list:
+    """The events that mean "the person is done with this field": leaving a text or number box,
+    picking a choice, ticking a box (not every keystroke)."""
+    events = []
+    for widget in widgets:
+        if isinstance(widget, (gr.Textbox, gr.Number)):
+            events += [widget.blur, widget.submit]
+        else:
+            events.append(widget.input)
+    return events
 
 
 def widget_values(values: dict) -> list:

@@ -163,9 +163,9 @@ class TrainingRun:
                 epoch_losses.append(loss)
                 self.step += 1
                 self._report_step(epoch, loss, sum(epoch_losses) / len(epoch_losses), run_start, run_start_step)
+                self.checkpoints.periodic(self.step, self.total_steps)  # the last epoch too: Continue keeps it
                 if self.step >= self.total_steps:
                     break
-                self.checkpoints.periodic(self.step, self.total_steps)
                 if self.stop.is_set():
                     self.log("stop requested: saving and stopping", "warning")
                     return "stopped"
