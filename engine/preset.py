@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
-from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option
+from engine.schema import KOHYA_SAMPLERS, META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
@@ -207,6 +207,9 @@ def _coerce(option: Option, raw: Any, lenient: bool) -> tuple[Any, str | None]:
 
     # str, file, dir
     if isinstance(raw, str):
+        if lenient and key == "sample_sampler" and raw.strip().lower() in KOHYA_SAMPLERS and raw != "euler":
+            return "euler", (f"sample_sampler: {raw!r} read as 'euler' (FLUX samples with flow-matching Euler; "
+                             "sd-scripts does the same for FLUX)")
         if lenient and option.choices and raw not in option.choices:
             for choice in option.choices:
                 if choice.lower() == raw.strip().lower():

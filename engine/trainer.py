@@ -72,7 +72,22 @@ def check_ready(values: dict) -> list[str]:
         problems.append(f"network_weights: file {values['network_weights']} not found")
     if values["resume"] and not (Path(values["resume"]) / "train_state.json").is_file():
         problems.append(f"resume: {values['resume']} is not a state folder (no train_state.json in it)")
+    problems += sample_problems(values)
     return problems
+
+
+def sample_problems(values: dict) -> list[str]:
+    from engine.sampling.prompts import SamplePromptError, load_sample_prompts
+
+    try:
+        prompts = load_sample_prompts(values)
+    except (SamplePromptError, OSError) as exc:
+        return [str(exc)]
+    asked = values["sample_every_n_epochs"] or values["sample_every_n_steps"] or values["sample_at_first"]
+    if asked and not prompts:
+        return ["sample_prompts: empty, but sample images are asked for; write a prompt per line, or set "
+                "sample_every_n_epochs, sample_every_n_steps to 0 and untick sample_at_first"]
+    return []
 
 
 def _folder_problems(key: str, folder: str) -> list[str]:

@@ -110,6 +110,9 @@ class TrainingRun:
         self.started_at = time.time()
 
         self.samples = self._load_samples()
+        from engine.training.sampling import TrainingSampler
+
+        self.sampler = TrainingSampler(self)
         batch, accumulation = values["train_batch_size"], values["gradient_accumulation_steps"]
         self.steps_per_epoch = steps_in_epoch(self.samples, batch, accumulation, self.accelerator.num_processes)
         self.total_steps = values["max_train_steps"] or values["epoch"] * self.steps_per_epoch
@@ -177,6 +180,7 @@ class TrainingRun:
         te_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.clip = load_clip_l(values["clip_l"], te_dtype).to(self.device)
         self.t5 = load_t5(values["t5xxl"], te_dtype).to(self.device)
+        self.sampler.encode(self._encode_text)  # now, so T5 never has to come back for samples
         identity = dict(clip=file_identity(values["clip_l"]), t5=file_identity(values["t5xxl"]),
                         clip_tok=values["clip_l_tokenizer_path"] or "standard",
                         t5_tok=values["t5xxl_tokenizer_path"] or "standard",
@@ -250,7 +254,9 @@ class TrainingRun:
                 computed += 1
             self.progress(CACHING_LATENTS, index + 1, len(self.samples))
         self.log(f"latent cache: {computed} computed, {len(self.samples) - computed} reused")
-        if not values["highvram"]:
+        if self.sampler.enabled:
+            self.vae.to(self._parking())  # kept (in RAM without highvram) to decode sample images
+        elif not values["highvram"]:
             del self.vae
             self.vae = None
             _free_memory()
@@ -371,6 +377,7 @@ class TrainingRun:
         self.log(f"training from step {self.step} to {self.total_steps}")
         run_start, run_start_step = time.time(), self.step
         epoch_losses: list[float] = []
+        self.sampler.at_first()
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch + 1
             batches = epoch_batches(self.samples, values["train_batch_size"], values["seed"], epoch)
@@ -398,6 +405,8 @@ class TrainingRun:
                 if self.step % self.steps_per_epoch == 0:
                     self.completed_epochs = self.step // self.steps_per_epoch
                     self.log(f"epoch {self.completed_epochs} done, average loss {average:.5f}")
+                at_epoch_end = self.step % self.steps_per_epoch == 0
+                self.sampler.after_step(self.step, self.completed_epochs if at_epoch_end else None)
                 if self.step >= self.total_steps:
                     break
                 self._periodic_saves()
