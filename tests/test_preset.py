@@ -217,8 +217,7 @@ def test_kohya_flux_config_imports_with_values_and_unused_keys(tmp_path):
     assert {key: values[key] for key in expected} == expected
     assert type(values["guidance_scale"]) is float and type(values["blocks_to_swap"]) is int
     unused = ["additional_parameters", "clip_skip", "color_aug", "flip_aug", "flux1_checkbox",
-              "model_list", "noise_offset", "sample_every_n_epochs", "sample_prompts", "sdxl",
-              "split_mode", "v2", "xformers"]
+              "model_list", "noise_offset", "sdxl", "split_mode", "v2", "xformers"]
     assert load_preset(source).unknown_keys == unused
     assert "note: Not used by FluxLoRA: additional_parameters, clip_skip" in result.stderr
     assert "xformers (FluxLoRA always uses PyTorch SDPA attention)" in result.stderr
