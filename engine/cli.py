@@ -14,7 +14,7 @@ import sys
 from engine.console import use_utf8_console
 from engine.preset import PresetError
 
-COMMAND_MODULES = ("gui", "preset", "prepare", "tag", "train", "fix_state", "estimate")
+COMMAND_MODULES = ("gui", "preset", "prepare", "tag", "train", "fix_state", "estimate", "sample")
 
 
 class CommandError(Exception):
