@@ -1,39 +1,41 @@
 """Sample images during a training run, as sd-scripts' sample_prompts do.
 
-The run calls in at three points: `encode` while the text encoders are loaded (so T5 never has
-to come back), `at_first` before the first step and `after_step` after every optimizer step.
-Images go through the run's own transformer (fp8, block-swapped, with the LoRA being trained)
-and VAE, to `output_dir/sample/` with kohya's file names, to TensorBoard and to the caller as
-SampleImage events. Sampling never touches the training RNG: every image draws its noise from
-its own seeded generator, so a run with samples trains exactly the LoRA one without would.
+The run calls in at four points: `encode` while the text encoders are loaded (so T5 never has
+to come back), `attach` once the model is ready, `at_first` before the first step and
+`after_step` after every optimizer step. Images go through the run's own transformer (fp8,
+block-swapped, with the LoRA being trained) and VAE, to `output_dir/sample/` with kohya's file
+names, to TensorBoard and to the caller as SampleImage events. Sampling never touches the
+training RNG: every image draws its noise from its own seeded generator, so a run with samples
+trains exactly the LoRA one without would.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from engine.events import SAMPLING, SampleImage, emit
+from engine.events import SAMPLING, SampleImage
 from engine.fsutil import atomic_path
 from engine.sampling.generate import SamplingStopped, decode, denoise, visiting
-from engine.sampling.prompts import due, load_sample_prompts, sample_file_name, sampler_note, sampling_enabled
+from engine.sampling.prompts import due, load_sample_prompts, sample_file_name, sampling_enabled
+from engine.training.reporting import RunReporter
 
 SAMPLE_FOLDER = "sample"
 
 
 class TrainingSampler:
-    def __init__(self, run):
-        self.run = run
-        values = run.values
+    def __init__(self, values: dict, reporter: RunReporter, stop: threading.Event):
+        self.values = values
+        self.reporter = reporter
+        self.stop = stop
         self.enabled = sampling_enabled(values)
         self.prompts = load_sample_prompts(values) if self.enabled else []
         self.embeddings: list[tuple[dict, dict | None]] = []
-        if self.enabled:
-            note = sampler_note(values["sample_sampler"])
-            if note:
-                run.log(note, "warning")
+        self.run = None
 
     def encode(self, encode_text) -> None:
         """encode_text([text]) -> {pooled, t5, mask} with a batch of one; kept on the CPU."""
@@ -43,58 +45,59 @@ class TrainingSampler:
             text = _cpu(encode_text([prompt.prompt]))
             negative = _cpu(encode_text([prompt.negative])) if prompt.cfg_scale != 1.0 else None
             self.embeddings.append((text, negative))
-        self.run.log(f"sample prompts: {len(self.prompts)} encoded for sample images")
+        self.reporter.log(f"{len(self.prompts)} sample prompts encoded")
 
-    def at_first(self) -> None:
-        run = self.run
-        if self.enabled and run.values["sample_at_first"]:
-            at_boundary = run.step % run.steps_per_epoch == 0
-            self.sample(run.step, run.step // run.steps_per_epoch if at_boundary else None)
+    def attach(self, run) -> None:
+        """The run's accelerator, model (.model.transformer), VAE (.latents.vae), device and dtype."""
+        self.run = run
+
+    def at_first(self, step: int, steps_per_epoch: int) -> None:
+        if self.enabled and self.values["sample_at_first"]:
+            self.sample(step, step // steps_per_epoch if step % steps_per_epoch == 0 else None)
 
     def after_step(self, step: int, epoch_end: int | None) -> None:
-        if self.enabled and due(self.run.values, step, epoch_end):
+        if self.enabled and due(self.values, step, epoch_end):
             self.sample(step, epoch_end)
 
     def sample(self, step: int, epoch: int | None) -> None:
-        run = self.run
-        if run.accelerator.is_main_process:
-            transformer = run.accelerator.unwrap_model(run.transformer)
+        accelerator = self.run.accelerator
+        if accelerator.is_main_process:
+            transformer = accelerator.unwrap_model(self.run.model.transformer)
             was_training = transformer.training
             transformer.eval()
             try:
                 self._sample_all(transformer, step, epoch)
             except SamplingStopped:
-                run.log("stop requested during sampling: the remaining sample images are skipped", "warning")
+                self.reporter.log("stop requested during sampling: the remaining sample images are skipped",
+                                  "warning")
             finally:
                 transformer.train(was_training)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-        run.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
     def _sample_all(self, transformer, step: int, epoch: int | None) -> None:
-        run, values = self.run, self.run.values
+        run, values = self.run, self.values
         folder = Path(values["output_dir"]) / SAMPLE_FOLDER
         when = f"epoch {epoch}" if epoch is not None else f"step {step}"
-        run.log(f"sample images at {when}: {len(self.prompts)} prompts")
+        self.reporter.log(f"sample images at {when}: {len(self.prompts)} prompts")
         started = time.time()
         for number, (prompt, (text, negative)) in enumerate(zip(self.prompts, self.embeddings)):
-            run.progress(SAMPLING, number, len(self.prompts))
+            self.reporter.progress(SAMPLING, number, len(self.prompts))
             with run.accelerator.autocast():
                 latents = denoise(transformer, prompt, text, negative, device=run.device, dtype=run.compute_dtype,
-                                  t5_mask=values["apply_t5_attn_mask"], stop=run.stop)
-            with visiting(run.vae, run.device, values["highvram"]):
-                image = decode(run.vae, latents, prompt.width, prompt.height)
+                                  t5_mask=values["apply_t5_attn_mask"], stop=self.stop)
+            vae = run.latents.vae
+            with visiting(vae, run.device, values["highvram"]):
+                image = decode(vae, latents, prompt.width, prompt.height)
             path = folder / sample_file_name(values["output_name"], prompt, time.strftime("%Y%m%d%H%M%S"),
                                              epoch=epoch, step=step)
             with atomic_path(path) as temporary:
                 image.save(temporary, format="PNG")
-            if run._writer is not None:
-                import numpy as np
-
-                run._writer.add_image(f"sample/{prompt.index:02d}", np.asarray(image), step, dataformats="HWC")
-            emit(run.on_event, SampleImage(str(path), prompt.prompt, prompt.index, step, epoch))
-        run.progress(SAMPLING, len(self.prompts), len(self.prompts))
-        run.log(f"sample images at {when} done in {time.time() - started:.1f} s ({folder})")
+            self.reporter.image(f"sample/{prompt.index:02d}", np.asarray(image), step)
+            self.reporter.event(SampleImage(str(path), prompt.prompt, prompt.index, step, epoch))
+        self.reporter.progress(SAMPLING, len(self.prompts), len(self.prompts))
+        self.reporter.log(f"sample images at {when} done in {time.time() - started:.1f} s ({folder})")
 
 
 def _cpu(tensors: dict) -> dict:
