@@ -41,6 +41,10 @@ def collect(raw_values) -> tuple[dict, list[str]]:
                 values[option.key] = number
         elif option.type == "bool":
             values[option.key] = bool(raw)
+        elif option.type in ("file", "dir"):
+            from engine.models.describe import strip_path_quotes
+
+            values[option.key] = strip_path_quotes("" if raw is None else str(raw))  # Windows "Copy as path"
         else:
             values[option.key] = "" if raw is None else str(raw)
     return values, problems
