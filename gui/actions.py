@@ -101,11 +101,23 @@ def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
     problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
     if problems:
         return problem_list("Fix these before starting", problems)
-    refusal = runner.start(values)
+    refusal = runner.start(values, history=_history(values) if continuing else ())
     if refusal:
         return f"**{refusal}**"
     started = time.strftime("%H:%M:%S")
     return f"Continued from the newest state at {started}." if continuing else f"Started at {started}."
+
+
+def _history(values: dict) -> list:
+    """The loss and lr of the runs this Continue builds on, up to its state's step."""
+    from engine.train_state import StateError, read_train_state
+    from engine.training.history import loss_history, run_log_dir
+
+    try:
+        step = read_train_state(values["resume"]).current_step
+        return loss_history(run_log_dir(values), values["output_name"], before_step=step)
+    except (StateError, OSError, ValueError):
+        return []
 
 
 def vram_text(values: dict) -> str:
@@ -137,9 +149,9 @@ LOG_LINES = 12
 
 
 def loss_frame(losses):
-    import pandas as pd
+    from gui.plots import loss_frame as frame
 
-    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return frame(losses)
 
 
 def render(runner):

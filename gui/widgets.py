@@ -7,6 +7,9 @@ import gradio as gr
 from engine.schema import OPTIONS_TABLE, Option
 
 
+MULTILINE = {"description": 1, "sample_prompts": 4}  # option key -> visible lines
+
+
 def make_widget(option: Option, value):
     common = dict(label=option.label, info=option.help, value=value, elem_id=f"opt-{option.key}")
     if option.type == "bool":
@@ -17,7 +20,9 @@ def make_widget(option: Option, value):
         return gr.Number(precision=0 if option.type == "int" else None, minimum=option.minimum,
                          maximum=option.maximum, **common)
     placeholder = {"file": "path to a file", "dir": "path to a folder"}.get(option.type)
-    return gr.Textbox(placeholder=placeholder, max_lines=1 if option.key != "description" else 4, **common)
+    if option.key in MULTILINE:
+        return gr.Textbox(lines=MULTILINE[option.key], max_lines=12, **common)
+    return gr.Textbox(placeholder=placeholder, max_lines=1, **common)
 
 
 def collect(raw_values) -> tuple[dict, list[str]]:
