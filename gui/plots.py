@@ -14,6 +14,8 @@ def loss_frame(losses: list[tuple[int, float]]):
 
     from engine.training.history import smoothed
 
+    if not losses:  # one empty point per series, so the legend knows its two names before any step
+        return pd.DataFrame({"step": [0, 0], "loss": [float("nan")] * 2, "series": ["loss", "smoothed"]})
     steps = [int(step) for step, _ in losses]
     values = [float(loss) for _, loss in losses]
     frame = pd.DataFrame({"step": steps * 2, "loss": values + smoothed(values, SMOOTHING),

@@ -70,3 +70,24 @@ def wait_for_second_run_log(page, log_dir: Path, timeout_ms=120000) -> str:
             return logs[-1].read_text(encoding="utf-8")
         page.wait_for_timeout(250)
     raise AssertionError(f"no finished second run log in {log_dir}")
+
+
+def test_compare_tab_makes_one_grid_of_the_runs_epochs(page, tmp_path, tiny_model_files):
+    preset = tmp_path / "compare.json"
+    save_preset(tiny_training_values(tiny_model_files, tmp_path, epoch=3, output_name="cmp",
+                                     save_state_on_train_end=False), preset)
+    load_through_page(page, preset)
+    page.locator("#start").click()
+    assert "trained to step 18 (epoch 3)" in wait_for_status(page, "Finished", "failed")
+    tab(page, "Compare epochs")
+    page.locator("#compare-list").click()
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('3 LoRA files found')")
+    assert page.locator("#compare-loras input[type=checkbox]:checked").count() == 3
+    page.locator("#compare-prompts textarea").fill("ohwx man --w 64 --h 64 --s 2\nohwx man, smiling --w 64 --h 64 --s 2")
+    page.locator("#compare-run").click()
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('saved as')", timeout=120000)
+    assert "4 rows x 2 prompts" in page.locator("#compare-status").inner_text()
+    assert page.locator("#compare-grid img").count() == 1
+    grids = list((tmp_path / "out" / "sample").glob("cmp_compare_*.png"))
+    assert len(grids) == 1
+    page.screenshot(path=str(tmp_path / "compare-grid.png"), full_page=True)

@@ -30,7 +30,8 @@ class TrainingPanel:
             self.loss_plot = gr.LinePlot(plots.loss_frame([]), x="step", y="loss", color="series",
                                          title="Training loss (smoothed as TensorBoard does)", elem_id="loss-plot",
                                          height=260, x_axis_format="d", color_map={"loss": "#fed7aa",
-                                                                                   "smoothed": "#f97316"}, scale=3)
+                                                                                   "smoothed": "#f97316"}, scale=3,
+                                         colors_in_legend=["loss", "smoothed"])
             self.lr_plot = gr.LinePlot(plots.lr_frame([]), x="step", y="learning rate", title="Learning rate",
                                        elem_id="lr-plot", height=260, x_axis_format="d", y_axis_format="~e", scale=2)
         self.samples = gr.Gallery(label="Sample images (newest first; files in output folder/sample)", columns=6,
