@@ -57,7 +57,7 @@ def wire_path_fields(demo: gr.Blocks, fields: list[PathField]) -> None:
         field.button.click(pick, inputs=field.box, outputs=[field.box, field.line])
         if key in DESCRIBED:
             field.box.change(lambda path, key=key: about(key, path), inputs=field.box, outputs=field.line,
-                             show_progress="hidden")
+                             show_progress="hidden", queue=False)
     described = [f for f in fields if f.option.key in DESCRIBED]
     demo.load(lambda *paths: [about(f.option.key, p) for f, p in zip(described, paths)],
               inputs=[f.box for f in described], outputs=[f.line for f in described])
