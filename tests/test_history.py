@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.commands.train import continue_values
+from engine.trainer import continue_from_latest_state as continue_values
 from engine.trainer import train
 from engine.training.history import loss_history, smoothed
 from tests.fixtures.datasets import tiny_training_values

@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.cli import CommandError
+from engine.commands import CommandError
 from engine.preset import apply_overrides, load_preset
 
 
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine.commands.train import ProgressPrinter
+    from engine.console import ProgressPrinter
     from engine.sampling.compare import compare_loras, compare_prompts, run_lora_files
     from engine.trainer import MODEL_FILES
 

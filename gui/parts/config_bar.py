@@ -31,11 +31,14 @@ class ConfigBar:
                                            elem_id="save-as-name", scale=2, container=False)
             self.save_as_button = gr.Button("Save as", elem_id="save-as", size="md")
         self.status = gr.Markdown(elem_id="config-status")
+        # Set once the page-load event has put the working copy on screen (browser tests wait on it).
+        self.loaded = gr.HTML("", elem_id="page-loaded", padding=False, container=False)
 
     def wire(self, demo: gr.Blocks) -> None:
         page, inputs = self.page, self.page.inputs
-        demo.load(lambda: [page.working.preset_path, *widget_values(page.working.values)],
-                  outputs=[self.preset_path, *inputs])
+        demo.load(lambda: [page.working.preset_path, *widget_values(page.working.values),
+                           '<span data-loaded="1"></span>'],
+                  outputs=[self.preset_path, *inputs, self.loaded])
 
         def remember(*raw):
             values, problems = collect(raw)
