@@ -82,4 +82,7 @@ class CompareTab:
             return None, f"**Cannot make the grid:** {exc}"
         from PIL import Image
 
-        return Image.open(result.grid_path), f"{len(result.rows)} rows x {len(chosen)} prompts, saved as `{result.grid_path}`"
+        with Image.open(result.grid_path) as grid:  # closed at once: Windows keeps open files from being replaced
+            grid.load()
+            shown = grid.copy()
+        return shown, f"{len(result.rows)} rows x {len(chosen)} prompts, saved as `{result.grid_path}`"
