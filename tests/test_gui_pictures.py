@@ -78,7 +78,8 @@ def test_compare_tab_makes_one_grid_of_the_runs_epochs(page, tmp_path, tiny_mode
                                      save_state_on_train_end=False), preset)
     load_through_page(page, preset)
     page.locator("#start").click()
-    assert "trained to step 18 (epoch 3)" in wait_for_status(page, "Finished", "failed")
+    # the page may still show the previous test's finished run: wait for this one's own end
+    assert "trained to step 18 (epoch 3)" in wait_for_status(page, "trained to step 18", "failed")
     tab(page, "Compare epochs")
     page.locator("#compare-list").click()
     page.wait_for_function("document.querySelector('#compare-status').innerText.includes('3 LoRA files found')")

@@ -29,7 +29,9 @@ class CompareTab:
                                   elem_id="compare-seed", info="Prompt i without --d uses seed + i, as training samples do.")
             self.strength = gr.Slider(0, 2, value=1.0, step=0.05, label="LoRA strength", elem_id="compare-strength")
             self.base = gr.Checkbox(value=True, label="Include the row without a LoRA", elem_id="compare-base")
-        self.run_button = gr.Button("Make the grid", variant="primary", elem_id="compare-run")
+        with gr.Row():
+            self.run_button = gr.Button("Make the grid", variant="primary", elem_id="compare-run", scale=3)
+            self.stop_button = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
         self.status = gr.Markdown(elem_id="compare-status")
         self.grid = gr.Image(label="Comparison grid", type="pil", interactive=False, elem_id="compare-grid")
         self.stop = threading.Event()
@@ -39,6 +41,8 @@ class CompareTab:
         self.list_button.click(self._list, inputs=inputs, outputs=[self.loras, self.status])
         self.run_button.click(self._run, inputs=[self.loras, self.extra, self.prompts, self.seed, self.strength,
                                                  self.base, *inputs], outputs=[self.grid, self.status])
+        self.stop_button.click(lambda: self.stop.set() or "Stopping after the current denoising step.",
+                               outputs=self.status, queue=False)
 
     @staticmethod
     def _list(*raw):
@@ -68,6 +72,7 @@ class CompareTab:
             from gui.actions import problem_list
 
             return None, problem_list("Fix these first", problems)
+        self.stop.clear()
         files = list(loras or []) + [strip_path_quotes(line) for line in (extra or "").splitlines() if line.strip()]
 
         def report(event):
@@ -80,6 +85,8 @@ class CompareTab:
                                    on_event=report, stop=self.stop)
         except (ModelFileError, SamplePromptError, ValueError, OSError) as exc:
             return None, f"**Cannot make the grid:** {exc}"
+        if result.status != "completed":
+            return None, "Stopped; no grid was written."
         from PIL import Image
 
         with Image.open(result.grid_path) as grid:  # closed at once: Windows keeps open files from being replaced
