@@ -31,7 +31,8 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
         result, tagged = prepare_from_values(values, tag=tag, overwrite=overwrite, on_event=report)
     except (DatasetError, TaggerError, ValueError, OSError) as exc:
         return f"**Could not prepare:** {_escape(str(exc))}", None
-    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`."]
+    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`; the **Dataset gallery** tab shows "
+             "them with their captions."]
     if result.kept_captions:
         lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
     if result.saved_captions:
