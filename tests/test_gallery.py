@@ -1,7 +1,5 @@
 """The dataset gallery's engine side: folders and repeats, skipped images, captions, tags, thumbnails."""
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
