@@ -83,3 +83,11 @@ def test_cli_sample_refuses_a_missing_lora(trained, tmp_path):
     result = subprocess.run([sys.executable, "-m", "engine", "sample", str(preset), "--lora", str(tmp_path / "no.safetensors"),
                              "--prompt", "x"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and result.stderr.strip() == f"error: --lora: file {tmp_path / 'no.safetensors'} not found"
+
+
+def test_true_cfg_with_a_negative_prompt_changes_the_image(trained):
+    values, _ = trained
+    prompts = compare_prompts(["ohwx --w 64 --h 64 --s 2 --d 1", "ohwx --w 64 --h 64 --s 2 --d 1 --l 3 --n blurry"], 0)
+    result = compare_loras(values, [], prompts, out_path=Path(values["output_dir"]) / "cfg.png")
+    plain, guided = (np.asarray(image, dtype=np.int16) for image in result.images[0])
+    assert result.rows == ["no LoRA"] and np.abs(plain - guided).max() > 0

@@ -82,8 +82,10 @@ def compare_loras(values: dict, loras: list[str | Path], prompts: list[SamplePro
     dtype = _DTYPES["no" if device.type == "cpu" and values["mixed_precision"] == "fp16" else values["mixed_precision"]]
     emit(on_event, Progress(LOADING))
     emit(on_event, Log(f"encoding {len(prompts)} prompts"))
-    texts = encode_with_fresh_encoders(values, [p.prompt for p in prompts] + [p.negative for p in prompts], device)
-    conditions = [(texts[i], texts[len(prompts) + i] if p.cfg_scale != 1.0 else None) for i, p in enumerate(prompts)]
+    guided = [p for p in prompts if p.cfg_scale != 1.0]  # only true CFG needs the negative prompt
+    texts = encode_with_fresh_encoders(values, [p.prompt for p in prompts] + [p.negative for p in guided], device)
+    negatives = dict(zip((p.index for p in guided), texts[len(prompts):]))
+    conditions = [(texts[i], negatives.get(p.index)) for i, p in enumerate(prompts)]
     transformer = _load_transformer(values, loras, device, dtype, on_event)
     from engine.models.autoencoder import load_autoencoder
 
