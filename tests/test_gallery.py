@@ -80,3 +80,18 @@ def test_run_plan_counts_as_training_does(dataset):
     assert plan.seen_per_epoch == 34 and plan.steps_per_epoch == 17
     assert plan.total_steps == 3 * plan.steps_per_epoch and plan.epochs == 3
     assert [line.split(":")[0] for line in plan.skipped] == ["skipping broken.png", "skipping empty.jpg"]
+
+
+def test_run_plan_agrees_with_the_runs_own_count_with_regularisation(tmp_path):
+    from engine.training.data import load_samples, steps_per_epoch_for
+
+    write_images(tmp_path / "img" / "3_ohwx man", 3, size=(128, 64))
+    write_images(tmp_path / "img" / "1_ohwx man", 2, size=(64, 64))
+    write_images(tmp_path / "reg" / "1_man", 5, size=(64, 128), prefix="reg")
+    values = dict(default_values(), train_data_dir=str(tmp_path / "img"), reg_data_dir=str(tmp_path / "reg"),
+                  max_resolution="128,128", min_bucket_reso=64, train_batch_size=2, epoch=2)
+    plan = plan_run(values)
+    samples = load_samples(values)
+    assert plan.steps_per_epoch == steps_per_epoch_for(values) and plan.total_steps == 2 * plan.steps_per_epoch
+    assert plan.seen_per_epoch == sum(sample.repeats for sample in samples) == 22  # 11 training + 11 regularisation
+    assert plan.buckets == {(64, 64): 2, (64, 128): 11, (128, 64): 9}
