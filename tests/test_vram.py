@@ -42,8 +42,8 @@ def test_breakdown_sums_to_the_total():
     assert estimate.total == sum(estimate.parts.values())
     assert list(estimate.parts) == ["base weights resident", "streamed blocks", "compute copies of fp8 weights",
                                     "LoRA weights + gradients", "optimizer state", "activations",
-                                    "text encoders + VAE", "sample images", "workspace + allocator slack",
-                                    "CUDA context"]
+                                    "CLIP-L with its LoRA (trained)", "text encoders + VAE", "sample images",
+                                    "workspace + allocator slack", "CUDA context"]
     assert estimate.parts["text encoders + VAE"] == 0  # cached and highvram off
     assert estimate.parts["sample images"] == 0  # no sample prompts
     assert estimate.parts["LoRA weights + gradients"] == 2 * 4 * 1558 * 64 * 3072  # fp32 weights and gradients

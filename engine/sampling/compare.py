@@ -173,6 +173,7 @@ def _set_row_weights(transformer, path: Path | None, strength: float) -> None:
     layers = {}
     if path is not None:
         state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(("lora_te", "text_encoder"))}
+        # A CLIP-L part (text_encoder_lr > 0) is not applied here: the prompts were encoded once, up front.
         layers = _file_layers(state, transformer, path)
         unknown = sorted(set(layers) - set(modules_by_name))
         if unknown:

@@ -8,15 +8,19 @@ import torch
 
 
 @torch.no_grad()
-def encode_texts(clip_tokenizer, t5_tokenizer, clip, t5, texts: list[str], t5_tokens: int, device) -> list[dict]:
-    """One {pooled, t5, mask} per text, each with a batch of one, on the CPU (as training caches them)."""
+def encode_texts(clip_tokenizer, t5_tokenizer, clip, t5, texts: list[str], t5_tokens: int, device,
+                 t5_mask: bool = False) -> list[dict]:
+    """One {pooled, t5, mask} per text, each with a batch of one, on the CPU (as training caches them);
+    `t5_mask` (apply_t5_attn_mask) masks T5's own attention too, as training does."""
     out = []
     for text in texts:
         clip_ids = clip_tokenizer([text], padding="max_length", max_length=77, truncation=True,
                                   return_tensors="pt").input_ids.to(device)
         tokens = t5_tokenizer([text], padding="max_length", max_length=t5_tokens, truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(device)
         out.append({"pooled": clip(clip_ids).pooler_output.float().cpu(),
-                    "t5": t5(tokens.input_ids.to(device)).last_hidden_state.float().cpu(),
+                    "t5": t5(tokens.input_ids.to(device), attention_mask=mask if t5_mask else None
+                             ).last_hidden_state.float().cpu(),
                     "mask": tokens.attention_mask.cpu()})
     return out
 
@@ -30,7 +34,8 @@ def encode_with_fresh_encoders(values: dict, texts: list[str], device) -> list[d
     clip = load_clip_l(values["clip_l"], dtype).to(device)
     t5 = load_t5(values["t5xxl"], dtype).to(device)
     try:
-        return encode_texts(clip_tokenizer, t5_tokenizer, clip, t5, texts, values["t5xxl_max_token_length"], device)
+        return encode_texts(clip_tokenizer, t5_tokenizer, clip, t5, texts, values["t5xxl_max_token_length"], device,
+                            t5_mask=values["apply_t5_attn_mask"])
     finally:
         del clip, t5
         gc.collect()

@@ -38,7 +38,8 @@ class TrainingSampler:
         self.run = None
 
     def encode(self, encode_text) -> None:
-        """encode_text([text]) -> {pooled, t5, mask} with a batch of one; kept on the CPU."""
+        """encode_text([text]) -> {t5, mask, and pooled unless CLIP-L trains} with a batch of one; kept
+        on the CPU. A training CLIP-L's pooled output is taken at sampling time, from the LoRA as it is."""
         if not self.enabled or self.embeddings:
             return
         for prompt in self.prompts:
@@ -84,6 +85,7 @@ class TrainingSampler:
         started = time.time()
         for number, (prompt, (text, negative)) in enumerate(zip(self.prompts, self.embeddings)):
             self.reporter.progress(SAMPLING, number, len(self.prompts))
+            text, negative = self._with_pooled(prompt, text, negative)
             with run.accelerator.autocast():
                 latents = denoise(transformer, prompt, text, negative, device=run.device, dtype=run.compute_dtype,
                                   t5_mask=values["apply_t5_attn_mask"], stop=self.stop)
@@ -98,6 +100,21 @@ class TrainingSampler:
             self.reporter.event(SampleImage(str(path), prompt.prompt, prompt.index, step, epoch))
         self.reporter.progress(SAMPLING, len(self.prompts), len(self.prompts))
         self.reporter.log(f"sample images at {when} done in {time.time() - started:.1f} s ({folder})")
+
+
+    def _with_pooled(self, prompt, text: dict, negative: dict | None) -> tuple[dict, dict | None]:
+        if "pooled" in text:
+            return text, negative
+        clip = self.run.text
+        was_training = clip.clip.training
+        clip.clip.eval()
+        try:
+            text = dict(text, pooled=clip.pooled([prompt.prompt]).detach())
+            if negative is not None:
+                negative = dict(negative, pooled=clip.pooled([prompt.negative]).detach())
+        finally:
+            clip.clip.train(was_training)
+        return text, negative
 
 
 def _cpu(tensors: dict) -> dict:
