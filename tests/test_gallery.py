@@ -29,7 +29,7 @@ def test_view_lists_folders_images_and_what_is_skipped(dataset):
         ("10_ohwx man", 10, 3, 2, 3, 30), ("2_style", 2, 2, 0, 0, 4)]
     assert [(item.image_path.name, item.caption, item.has_caption_file, item.size) for item in view.items] == [
         ("photo 0.png", "ohwx man, photo 0", True, (64, 64)),
-        ("photo 1.png", "ohwx man, smiling,  photo 1 second line", True, (64, 64)),
+        ("photo 1.png", "ohwx man, smiling,  photo 1", True, (64, 64)),  # the first line only, as sd-scripts
         ("photo 2.png", "ohwx man, photo 2", True, (64, 64)),
         ("wide 0.png", "style", False, (96, 64)), ("wide 1.png", "style", False, (96, 64))]
     assert [(path.name, reason.split(" (")[0]) for path, reason in view.skipped] == [
@@ -55,9 +55,9 @@ def test_tag_counts_remove_and_replace_everywhere(dataset):
     assert edit_tag_everywhere(view.items, "ohwx man", "sks person") == 3
     view = view_dataset(dataset, ".txt")
     assert [item.caption for item in view.items[:3]] == [
-        "sks person, photo 0", "sks person, smiling, photo 1 second line", "sks person, photo 2"]  # tags re-joined
+        "sks person, photo 0", "sks person, smiling, photo 1", "sks person, photo 2"]  # tags re-joined
     assert edit_tag_everywhere(view.items, "smiling") == 1
-    assert (dataset / "10_ohwx man" / "photo 1.txt").read_text(encoding="utf-8") == "sks person, photo 1 second line"
+    assert (dataset / "10_ohwx man" / "photo 1.txt").read_text(encoding="utf-8") == "sks person, photo 1"
     with pytest.raises(DatasetError, match="one tag, without commas"):
         edit_tag_everywhere(view.items, "photo 0", "a, b")
 
@@ -72,11 +72,11 @@ def test_thumbnails_are_cached_per_file_version(dataset, tmp_path):
 
 
 def test_run_plan_counts_as_training_does(dataset):
-    values = dict(default_values(), train_data_dir=str(dataset), max_resolution="64,64", min_bucket_reso=64,
+    values = dict(default_values(), train_data_dir=str(dataset), max_resolution="128,128", min_bucket_reso=64,
                   train_batch_size=2, epoch=3)
     plan = plan_run(values)
     assert plan.folders == [("img ü/10_ohwx man", 3, 30), ("img ü/2_style", 2, 4)]
-    assert plan.buckets == {(64, 64): 34}  # 96x64 at 64x64's area: 78x52, floored to 64 steps, min 64
+    assert plan.buckets == {(64, 64): 34}  # 96x64 keeps its size (no upscale) and is floored to 64x64
     assert plan.seen_per_epoch == 34 and plan.steps_per_epoch == 17
     assert plan.total_steps == 3 * plan.steps_per_epoch and plan.epochs == 3
     assert [line.split(":")[0] for line in plan.skipped] == ["skipping broken.png", "skipping empty.jpg"]

@@ -25,6 +25,7 @@ from engine.models.errors import ModelFileError
 from engine.sampling.generate import SamplingStopped, decode, denoise, visiting
 from engine.sampling.grid import BASE_LABEL, make_grid
 from engine.sampling.prompts import SamplePrompt, parse_prompt_line, prompt_lines
+from engine.sampling.row_weights import file_rank, has_clip_part, set_row_weights
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 
@@ -83,7 +84,17 @@ def compare_loras(values: dict, loras: list[str | Path], prompts: list[SamplePro
     emit(on_event, Progress(LOADING))
     emit(on_event, Log(f"encoding {len(prompts)} prompts"))
     guided = [p for p in prompts if p.cfg_scale != 1.0]  # only true CFG needs the negative prompt
-    texts = encode_with_fresh_encoders(values, [p.prompt for p in prompts] + [p.negative for p in guided], device)
+    # A file with a CLIP-L part (text_encoder_lr > 0) changes the pooled prompt too: CLIP-L stays for it.
+    clip_kit = None
+    texts = encode_with_fresh_encoders(values, [p.prompt for p in prompts] + [p.negative for p in guided], device,
+                                       keep_clip=any(has_clip_part(path) for path in loras))
+    if isinstance(texts, tuple):
+        texts, clip_kit = texts
+        from engine.models.te_lora import add_clip_lora
+
+        rank = max(file_rank(path) for path in loras)
+        add_clip_lora(clip_kit[1], rank, float(rank))
+        clip_kit[1].eval().requires_grad_(False)
     negatives = dict(zip((p.index for p in guided), texts[len(prompts):]))
     conditions = [(texts[i], negatives.get(p.index)) for i, p in enumerate(prompts)]
     transformer = _load_transformer(values, loras, device, dtype, on_event)
@@ -96,9 +107,9 @@ def compare_loras(values: dict, loras: list[str | Path], prompts: list[SamplePro
     total, done = len(rows) * len(prompts), 0
     try:
         for row in rows:
-            _set_row_weights(transformer, row, strength)
+            set_row_weights(transformer, clip_kit[1] if clip_kit else None, row, strength)
             images.append([])
-            for prompt, (text, negative) in zip(prompts, conditions):
+            for prompt, (text, negative) in zip(prompts, _with_row_pooled(conditions, prompts, clip_kit, device)):
                 emit(on_event, Progress(SAMPLING, done, total))
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     latents = denoise(transformer, prompt, text, negative, device=device, dtype=dtype,
@@ -119,6 +130,19 @@ def compare_loras(values: dict, loras: list[str | Path], prompts: list[SamplePro
     return CompareResult("completed", path, labels, images, f"{len(rows)} x {len(prompts)} grid: {path}")
 
 
+def _with_row_pooled(conditions, prompts: list[SamplePrompt], clip_kit, device):
+    """The conditions with CLIP-L's pooled output as this row's CLIP-L LoRA gives it (unchanged without one)."""
+    if clip_kit is None:
+        return conditions
+    from engine.sampling.text import pooled_outputs
+
+    rows = []
+    for prompt, (text, negative) in zip(prompts, conditions):
+        pooled = pooled_outputs(clip_kit, [prompt.prompt] + ([prompt.negative] if negative is not None else []), device)
+        rows.append((dict(text, pooled=pooled[0]), dict(negative, pooled=pooled[1]) if negative is not None else None))
+    return rows
+
+
 def _load_transformer(values: dict, loras: list[Path], device, dtype, on_event):
     from engine.models.flux import load_flux_transformer
     from engine.models.lora import add_lora
@@ -129,7 +153,7 @@ def _load_transformer(values: dict, loras: list[Path], device, dtype, on_event):
     transformer = load_flux_transformer(values["pretrained_model_name_or_path"], fp8=fp8, compute_dtype=dtype,
                                         device="cpu" if swap else device)
     if loras:
-        rank = max(_file_rank(path) for path in loras)
+        rank = max(file_rank(path) for path in loras)
         add_lora(transformer, rank, float(rank), "all")  # alpha = rank: scale 1, the files' scales go into lora_up
     if swap:
         from engine.offload import BlockSwapper
@@ -148,48 +172,3 @@ def row_label(path: Path) -> str:
         return path.stem
     epoch = (read_header(path, "a FLUX.1 LoRA file").metadata or {}).get("ss_epoch")
     return f"{path.stem} (epoch {epoch})" if epoch else path.stem
-
-
-def _file_rank(path: Path) -> int:
-    from engine.models.safetensors_header import read_header
-
-    shapes = read_header(path, "a FLUX.1 LoRA file").shapes()
-    ranks = [shape[0] for name, shape in shapes.items() if name.endswith((".lora_down.weight", ".lora_A.weight"))]
-    if not ranks:
-        raise ModelFileError(f"{path}: no lora_down/lora_A tensors; expected a FLUX.1 LoRA")
-    return max(ranks)
-
-
-@torch.no_grad()
-def _set_row_weights(transformer, path: Path | None, strength: float) -> None:
-    """The adapter computes `strength` x the file's LoRA (zero for the row without one)."""
-    from safetensors.torch import load_file
-
-    from engine.models.lora import ADAPTER, _file_layers, _lora_modules
-
-    if not hasattr(transformer, "_fluxlora_layers"):
-        return  # no LoRA files at all: the base model only
-    modules_by_name = _lora_modules(transformer)
-    layers = {}
-    if path is not None:
-        state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(("lora_te", "text_encoder"))}
-        # A CLIP-L part (text_encoder_lr > 0) is not applied here: the prompts were encoded once, up front.
-        layers = _file_layers(state, transformer, path)
-        unknown = sorted(set(layers) - set(modules_by_name))
-        if unknown:
-            raise ModelFileError(f"{path}: has layers this model lacks ({unknown[:3]}); is it a LoRA for this model?")
-    for name, modules in modules_by_name.items():
-        for module in modules:
-            module.lora_A[ADAPTER].weight.zero_()
-            module.lora_B[ADAPTER].weight.zero_()
-        if name not in layers:
-            continue
-        down, up, alpha = layers[name]
-        rank = down.shape[0]
-        scale = (rank if alpha is None else float(alpha.float())) / rank * strength
-        modules[0].lora_A[ADAPTER].weight[:rank].copy_(down.float())
-        rows = [module.lora_B[ADAPTER].weight.shape[0] for module in modules]
-        if up.shape[0] != sum(rows) or down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1]:
-            raise ModelFileError(f"{path}: {name} has shapes that do not fit this model; is it a LoRA for another model?")
-        for module, part in zip(modules, torch.split(up.float() * scale, rows, dim=0)):
-            module.lora_B[ADAPTER].weight[:, :rank].copy_(part)
