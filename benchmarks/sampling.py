@@ -68,7 +68,9 @@ def main() -> None:
             config = root / f"{label}.json"
             config.write_text(json.dumps(values))
             out = subprocess.run([sys.executable, __file__, "--child", str(config)], capture_output=True, text=True,
-                                 check=True, cwd=ROOT)
+                                 cwd=ROOT)
+            if out.returncode != 0:
+                sys.exit(f"the {label} run failed:\n{out.stderr[-3000:]}")
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
     images = 2 * epochs
     without, with_ = results["without"], results["with"]
