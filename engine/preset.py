@@ -22,7 +22,7 @@ from engine.fsutil import atomic_write_text
 from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
 from engine.names import name_problem
 from engine.preset_migrations import upgrade
-from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
+from engine.schema import KOHYA_SAMPLERS, META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
@@ -250,6 +250,9 @@ def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tup
 
     # str, file, dir
     if isinstance(raw, str):
+        if lenient and key == "sample_sampler" and raw.strip().lower() in KOHYA_SAMPLERS and raw != "euler":
+            return "euler", (f"sample_sampler: {raw!r} read as 'euler' (FLUX samples with flow-matching Euler; "
+                             "sd-scripts does the same for FLUX)")
         if lenient and option.choices and raw not in option.choices:
             for choice in option.choices:
                 if choice.lower() == raw.strip().lower():

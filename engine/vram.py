@@ -28,6 +28,7 @@ The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16,
   without checkpointing every block keeps its saved tensors.
 - text encoders and VAE: when their outputs are not cached, or `highvram` keeps them; CLIP-L
   always when the text encoder learning rate is above 0 (it trains a LoRA, with its state).
+- sample images: what sampling needs beyond the training step (engine/sampling/memory.py).
 - CUDA context: 0.45 GiB outside PyTorch's allocator (driver, kernels; varies by driver and card).
 - workspace + allocator slack: cuBLAS workspaces and fragmentation, 64 MiB + 5% of the tensors.
 These are estimates; `benchmarks/gpu_12gb.py` measures the real peak on a GPU and compares.
@@ -181,6 +182,10 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     if values["highvram"] or not values["cache_latents"]:
         encoders += FLUX_VAE_BYTES_BF16
     parts["text encoders + VAE"] = encoders
+    from engine.sampling.memory import sampling_extra_bytes
+
+    parts["sample images"] = sampling_extra_bytes(values, arch.width, values["t5xxl_max_token_length"], compute,
+                                                  FLUX_VAE_BYTES_BF16, activations + lora_bytes * count)
     parts["workspace + allocator slack"] = WORKSPACE_BYTES + sum(parts.values()) // 20
     parts["CUDA context"] = CONTEXT_BYTES
     return estimate

@@ -65,7 +65,8 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
         result, tagged = prepare_from_values(values, tag=tag, overwrite=overwrite, on_event=report)
     except (DatasetError, TaggerError, ValueError, OSError) as exc:
         return f"**Could not prepare:** {_escape(page_words(str(exc)))}", None
-    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`."]
+    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`; the **Dataset gallery** tab shows "
+             "them with their captions."]
     if result.kept_captions:
         lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
     if result.saved_captions:
@@ -156,7 +157,8 @@ def start(runner, values: dict, problems: list[str], mode: str = "start") -> tup
         return (text + "\n\n" + problem_list("Also fix", others) if others else text), offer
     if problems:
         return problem_list("Fix these before starting", problems), None
-    refusal = runner.start(values, overwrite=mode == "overwrite")
+    refusal = runner.start(values, overwrite=mode == "overwrite",
+                           history=_history(values) if mode == "continue" else ())
     if refusal:
         return f"**{refusal}**", None
     started = time.strftime("%H:%M:%S")
@@ -178,6 +180,18 @@ def check(values: dict, problems: list[str]) -> str:
     if report.notes:
         lines.append("\n".join(f"- {_escape(n)}" for n in report.notes))
     return "\n\n".join(lines)
+
+
+def _history(values: dict) -> list:
+    """The loss and lr of the runs this Continue builds on, up to its state's step."""
+    from engine.train_state import StateError, read_train_state
+    from engine.training.history import loss_history, run_log_dir
+
+    try:
+        step = read_train_state(values["resume"]).current_step
+        return loss_history(run_log_dir(values), values["output_name"], before_step=step)
+    except (StateError, OSError, ValueError):
+        return []
 
 
 def vram_text(values: dict) -> str:
@@ -209,9 +223,9 @@ LOG_LINES = 12
 
 
 def loss_frame(losses):
-    import pandas as pd
+    from gui.plots import loss_frame as frame
 
-    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return frame(losses)
 
 
 def render(runner):

@@ -7,6 +7,9 @@ import gradio as gr
 from engine.schema import OPTIONS_TABLE, Option
 
 
+MULTILINE = {"description": 1, "sample_prompts": 4}  # option key -> visible lines
+
+
 def make_widget(option: Option, value):
     common = dict(label=option.label, info=option.help, value=value, elem_id=f"opt-{option.key}")
     if option.type == "bool":
@@ -18,7 +21,9 @@ def make_widget(option: Option, value):
         # list of every problem, by field), not fail inside Gradio before any handler runs.
         return gr.Number(precision=0 if option.type == "int" else None, **common)
     placeholder = {"file": "path to a file", "dir": "path to a folder"}.get(option.type)
-    return gr.Textbox(placeholder=placeholder, max_lines=1 if option.key != "description" else 4, **common)
+    if option.key in MULTILINE:
+        return gr.Textbox(lines=MULTILINE[option.key], max_lines=12, **common)
+    return gr.Textbox(placeholder=placeholder, max_lines=1, **common)
 
 
 def collect(raw_values) -> tuple[dict, list[str]]:
@@ -42,6 +47,10 @@ def collect(raw_values) -> tuple[dict, list[str]]:
                 values[option.key] = number
         elif option.type == "bool":
             values[option.key] = bool(raw)
+        elif option.type in ("file", "dir"):
+            from engine.models.describe import strip_path_quotes
+
+            values[option.key] = strip_path_quotes("" if raw is None else str(raw))  # Windows "Copy as path"
         else:
             values[option.key] = "" if raw is None else str(raw)
     return values, problems

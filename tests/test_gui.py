@@ -164,7 +164,7 @@ def test_every_tab_shows_its_options(page, tmp_path):
         assert page.get_by_text(label).first.is_visible(), name
         page.screenshot(path=str(tmp_path / f"tab-{name.replace(' ', '-').lower()}.png"), full_page=True)
     assert len(list(tmp_path.glob("tab-*.png"))) == 5
-    assert line_pixels(page.locator("#loss-plot").screenshot()) == 0  # nothing trained yet: an empty plot
+    assert line_pixels(page.locator("#loss-plot").screenshot()) < 60  # nothing trained yet: the legend's rings only
 
 
 def test_kohya_state_repair_shows_before_and_after(page, tmp_path):

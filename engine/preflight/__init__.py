@@ -63,5 +63,9 @@ def preflight(values: dict, overwrite: bool = False) -> Report:
         from engine.training.buckets import bucket_problems
 
         report.problems += bucket_problems(values)
+    if not bad & {"sample_prompts", "sample_every_n_epochs", "sample_every_n_steps", "sample_at_first"}:
+        from engine.sampling.prompts import sample_problems
+
+        report.problems += sample_problems(values)
     check_disk(values, report, headers, samples)
     return report
