@@ -35,8 +35,8 @@ def trained(tiny_model_files, tmp_path_factory):
 def test_run_files_in_training_order(trained):
     values, _ = trained
     names = [p.name for p in run_lora_files(values["output_dir"], "tiny")]
-    # the last epoch is the unnumbered file, as in sd-scripts
-    assert names == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny.safetensors"]
+    # the last epoch is numbered too; the final file holds the same step, so it is not listed twice
+    assert names == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny-000003.safetensors"]
 
 
 def test_grid_rows_draw_what_training_drew_at_each_epoch(trained):
@@ -45,7 +45,7 @@ def test_grid_rows_draw_what_training_drew_at_each_epoch(trained):
     prompts = compare_prompts(PROMPTS, values["seed"])
     assert [p.seed for p in prompts] == [7, 43]  # the seeds the training samples used
     result = compare_loras(values, loras, prompts, out_path=Path(values["output_dir"]) / "grid.png")
-    assert result.status == "completed" and result.rows == ["no LoRA", "tiny-000001", "tiny-000002", "tiny (epoch 3)"]
+    assert result.status == "completed" and result.rows == ["no LoRA", "tiny-000001", "tiny-000002", "tiny-000003"]
     for row, epoch in enumerate((0, 1, 2, 3)):  # the base model is what training drew before step 1
         for column in range(2):
             drawn = np.asarray(result.images[row][column])

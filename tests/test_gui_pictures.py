@@ -55,7 +55,8 @@ def test_samples_show_and_an_edited_caption_is_trained_next(page, tmp_path, tiny
     assert caption_file.read_bytes() == b"ohwx man, red hat"
     page.screenshot(path=str(tmp_path / "gallery-edited.png"), full_page=True)
 
-    page.locator("#start").click()
+    page.locator("#start").click()  # the same name again: the page offers to overwrite the finished run
+    page.locator("#overwrite-start").click()
     wait_for_status(page, "Started", box="#run-message", timeout=30000)
     second_log = wait_for_second_run_log(page, tmp_path / "log")
     assert "text cache: 1 computed, 2 reused" in second_log  # only the edited caption is encoded again

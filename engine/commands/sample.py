@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from engine.commands import CommandError
 from engine.preset import apply_overrides, load_preset
@@ -32,13 +31,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from engine.console import ProgressPrinter
     from engine.sampling.compare import compare_loras, compare_prompts, run_lora_files
-    from engine.trainer import MODEL_FILES
+    from engine.preflight.models import check_model_files
 
     values = apply_overrides(load_preset(args.preset).values, args.set)
-    missing = [f"{key}: file {values[key] or '(empty)'} not found" for key, _ in MODEL_FILES
-               if not values[key].strip() or not Path(values[key]).is_file()]
-    if missing:
-        raise CommandError("; ".join(missing))
+    problems, _ = check_model_files(values)  # headers only: a wrong or missing file is named in seconds
+    if problems:
+        raise CommandError("; ".join(problems))
     loras = args.lora or [str(p) for p in run_lora_files(values["output_dir"], values["output_name"])]
     if not loras and args.no_base:
         raise CommandError(f"no LoRA files given and none of {values['output_name']} in {values['output_dir']}")

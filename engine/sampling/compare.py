@@ -40,7 +40,8 @@ class CompareResult:
 
 
 def run_lora_files(output_dir: str | Path, output_name: str) -> list[Path]:
-    """Every LoRA a run wrote, in training order: per-epoch files, per-step files, then the final one."""
+    """Every LoRA a run wrote, in training order: per-epoch files, per-step files, then the final one
+    unless it holds the same step as a numbered file (a run ending at an epoch numbers that epoch too)."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
@@ -53,7 +54,15 @@ def run_lora_files(output_dir: str | Path, output_name: str) -> list[Path]:
             numbered.append((0 if tag.isdigit() else 1, int(tag.removeprefix("step")), path))
     files = [path for *_, path in sorted(numbered)]
     final = folder / f"{output_name}.safetensors"
-    return files + ([final] if final.is_file() else [])
+    if not final.is_file() or (files and _trained_steps(final) in {_trained_steps(path) for path in files}):
+        return files
+    return files + [final]
+
+
+def _trained_steps(path: Path) -> str | None:
+    from engine.models.safetensors_header import read_header
+
+    return (read_header(path, "a FLUX.1 LoRA file").metadata or {}).get("ss_steps")
 
 
 def compare_prompts(lines_or_text: str | list[str], seed: int) -> list[SamplePrompt]:

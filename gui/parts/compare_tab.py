@@ -62,12 +62,12 @@ class CompareTab:
         from engine.models.errors import ModelFileError
         from engine.sampling.compare import compare_loras, compare_prompts
         from engine.sampling.prompts import SamplePromptError
-        from engine.trainer import MODEL_FILES
+        from engine.preflight.models import check_model_files
 
         if self.page.runner.running:
             return None, "**Training is running;** make the grid when it has finished (both need the GPU)."
         values, problems = collect(raw)
-        problems += [f"{key}: choose the {label} on the Model tab" for key, label in MODEL_FILES if not values[key]]
+        problems += check_model_files(values)[0]  # headers only: a missing or wrong file is named at once
         if problems:
             from gui.actions import problem_list
 
