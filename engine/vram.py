@@ -8,7 +8,8 @@ The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16,
   estimate follows the loader.
 - streamed blocks: with `blocks_to_swap` (kohya's count, `engine.offload.swap_plan`), at most
   two swapped blocks are on the GPU at once (the one computing, the one prefetched): the two
-  largest. So swapping 1 (two single blocks) saves nothing; 2 and up do.
+  largest. So swapping 1 (two single blocks) saves nothing; 2 and up do. Without gradient
+  checkpointing every swapped block stays on the GPU from its forward to its backward.
 - compute copies of fp8 weights: layer-wise casting makes a compute-dtype copy of each fp8
   weight while its layer runs, and autograd keeps it for the backward pass: one block's worth
   with gradient checkpointing (the block being recomputed), every block's without.
@@ -130,8 +131,13 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     kept = weights.double[:arch.num_double - double] + weights.single[:arch.num_single - single]
     moved = weights.double[arch.num_double - double:] + weights.single[arch.num_single - single:]
     parts["base weights resident"] = sum(kept) + weights.rest
-    parts["streamed blocks"] = sum(sorted(moved)[-2:])  # at most two swapped blocks on the GPU at once
     checkpointing = values["gradient_checkpointing"]
+    # At most two swapped blocks on the GPU at once; without checkpointing autograd keeps every
+    # swapped block's device copy until its backward, so swapping saves nothing.
+    parts["streamed blocks"] = sum(sorted(moved)[-2:]) if checkpointing else sum(moved)
+    if moved and not checkpointing:
+        estimate.notes.append("blocks_to_swap saves no GPU memory without gradient_checkpointing "
+                              "(autograd keeps each swapped block's weights for the backward pass)")
     cast = weights.fp8_params
     parts["compute copies of fp8 weights"] = compute * (max(cast) if checkpointing else sum(cast)) if fp8 else 0
 
