@@ -45,13 +45,18 @@ class Log:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last event of a run. `status` is "completed", "stopped" or "failed"."""
+    """The last event of a run, and what `engine.trainer.train` returns.
+
+    `status` is "completed", "stopped" or "failed"; `steps` are cumulative optimizer steps and
+    `epoch` the completed epochs, across every run of the LoRA."""
 
     status: str
     message: str = ""
     lora_path: str = ""
     state_dir: str = ""
     log_path: str = ""
+    steps: int = 0
+    epoch: int = 0
 
 
 Event = Union[Progress, Log, Finished]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.dataset.layout import DatasetError, scan_train_dir
@@ -26,15 +25,7 @@ MODEL_FILES = (
 )
 
 
-@dataclass
-class TrainResult:
-    status: str  # "completed", "stopped" or "failed"
-    lora_path: str = ""
-    state_dir: str = ""
-    steps: int = 0  # cumulative optimizer steps
-    epoch: int = 0  # completed epochs, cumulative
-    log_path: str = ""
-    message: str = ""
+TrainResult = Finished  # the name callers used before the run returned its Finished event
 
 
 def check_ready(values: dict) -> list[str]:
@@ -89,7 +80,7 @@ def _folder_problems(key: str, folder: str) -> list[str]:
     return []
 
 
-def train(values: dict, on_event=None, stop: threading.Event | None = None) -> TrainResult:
+def train(values: dict, on_event=None, stop: threading.Event | None = None) -> Finished:
     """Train; never raises for user-fixable problems: they come back as status "failed"."""
     from engine.training.run import TrainingRun
 
@@ -99,21 +90,19 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None) -> T
         problems = [str(exc)]
     if problems:
         message = "; ".join(problems)
-        emit(on_event, Finished("failed", message=message))
-        return TrainResult("failed", message=message)
+        result = Finished("failed", message=message)
+        emit(on_event, result)
+        return result
     run = TrainingRun(values, on_event, stop or threading.Event())
     try:
         result = run.execute()
     except (ModelFileError, DatasetError, PresetError, StateError, ValueError, OSError) as exc:
         run.log(str(exc), "error")
-        result = TrainResult("failed", message=str(exc), log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        result = run.result("failed", str(exc))
     except Exception as exc:  # a bug or an out-of-memory: still report it in the page, with the log
-        run.log_exception(exc)
-        result = TrainResult("failed", message=f"{type(exc).__name__}: {exc}", log_path=str(run.log_path or ""),
-                             steps=run.step, epoch=run.completed_epochs)
+        run.reporter.log_exception(exc)
+        result = run.result("failed", f"{type(exc).__name__}: {exc}")
     finally:
         run.close()
-    emit(on_event, Finished(result.status, message=result.message, lora_path=result.lora_path,
-                            state_dir=result.state_dir, log_path=result.log_path))
+    emit(on_event, result)
     return result

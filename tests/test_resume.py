@@ -93,18 +93,18 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
 
 KILL_DURING_SECOND_STATE_SAVE = """
 import os, signal, sys
-import engine.training.run as run
+import engine.training.checkpoint as checkpoint
 from engine.preset import load_preset
 from engine.trainer import train
 
 calls = []
-real_write = run.write_train_state
+real_write = checkpoint.write_train_state
 def crash_on_second_save(folder, state):
     calls.append(folder)
     if len(calls) == 2:  # adapter and optimizer of the second state are already on disk
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(folder, state)
-run.write_train_state = crash_on_second_save
+checkpoint.write_train_state = crash_on_second_save
 train(load_preset(sys.argv[1]).values)
 """
 

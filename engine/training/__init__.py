@@ -1,1 +1,1 @@
-"""Pieces of the training run: data and buckets, caches, flow-matching math, optimizers."""
+"""Pieces of the training run; run.py ties them together (its docstring lists them in order)."""
