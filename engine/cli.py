@@ -1,5 +1,7 @@
 """`fluxlora` command line: parse, call the engine, print. Each subcommand lives in
 engine/commands/<name>.py with `register(subparsers)`; the handler it sets returns an exit code.
+Front ends outside the engine (the GUI) add their commands through the `fluxlora.commands`
+entry point group, so the engine never imports them.
 
 Failures the user can fix raise `CommandError`, `PresetError` or `ValueError` and are printed
 as one line on stderr with exit status 1; anything else is a bug and keeps its traceback.
@@ -8,24 +10,24 @@ as one line on stderr with exit status 1; anything else is a bug and keeps its t
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
+from engine.commands import CommandError, estimate, fix_state, prepare, preset, tag, train
 from engine.console import use_utf8_console
 from engine.preset import PresetError
 
-COMMAND_MODULES = ("gui", "preset", "prepare", "tag", "train", "fix_state", "estimate")
-
-
-class CommandError(Exception):
-    """A failure with a message for the user; exit status 1."""
+ENGINE_COMMANDS = (preset, prepare, tag, train, fix_state, estimate)
+PLUGIN_GROUP = "fluxlora.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fluxlora", description="Train FLUX.1 LoRAs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"engine.commands.{name}").register(subparsers)
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda point: point.name):
+        plugin.load()(subparsers)
+    for module in ENGINE_COMMANDS:
+        module.register(subparsers)
     return parser
 
 

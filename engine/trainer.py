@@ -66,6 +66,17 @@ def check_ready(values: dict) -> list[str]:
     return problems
 
 
+def continue_from_latest_state(values: dict) -> dict:
+    """`values` resuming from the newest state of this output name (StateError when there is none)."""
+    from engine.train_state import find_latest_state
+
+    state = find_latest_state(values["output_dir"], values["output_name"])
+    if state is None:
+        raise StateError(f"no saved state for {values['output_name']} in {values['output_dir']} to continue from; "
+                         "train once with save_state or save_state_on_train_end on")
+    return dict(values, resume=str(state))
+
+
 def _folder_problems(key: str, folder: str) -> list[str]:
     """Why files could not be written in `folder` (created on demand), if anything stops it."""
     path = Path(folder)

@@ -86,17 +86,15 @@ def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
 
 # ---- training --------------------------------------------------------------------------
 def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
-    from engine.cli import CommandError
-    from engine.trainer import check_ready
+    from engine.train_state import StateError
+    from engine.trainer import check_ready, continue_from_latest_state
 
     if runner.running:
         return "**A training run is already going;** stop it first or wait for it to finish."
     if continuing and not problems:
-        from engine.commands.train import continue_values
-
         try:
-            values = continue_values(values)
-        except CommandError as exc:
+            values = continue_from_latest_state(values)
+        except StateError as exc:
             return f"**Cannot continue:** {_escape(str(exc))}"
     problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
     if problems:
@@ -149,9 +147,10 @@ def render(runner):
     log = "\n".join(list(view.log)[-LOG_LINES:])  # newest last, always in view
     if not view.phase:
         return "Idle. Fill in the tabs, then press Start.", "", frame, log
-    percent = 100 * view.done / view.total if view.total else 0
-    bar = (f'<progress class="fluxlora-progress" value="{view.done}" max="{view.total}"></progress>'
-           f"<div>{view.done} / {view.total} ({percent:.0f}%)</div>") if view.total else ""
+    done, total = (view.latest.done, view.latest.total) if view.latest is not None else (0, 0)
+    percent = 100 * done / total if total else 0
+    bar = (f'<progress class="fluxlora-progress" value="{done}" max="{total}"></progress>'
+           f"<div>{done} / {total} ({percent:.0f}%)</div>") if total else ""
     if view.finished is not None:
         finished = view.finished
         if finished.status == "failed":
@@ -166,9 +165,10 @@ def render(runner):
         return status, bar, frame, log
     status = f"**{html.escape(view.phase.capitalize())}**"
     if view.phase == "training":
-        rate = f"{view.steps_per_second:.2f} it/s" if view.steps_per_second else "– it/s"
-        status += (f" — step {view.done}/{view.total}, epoch {view.epoch}/{view.total_epochs}, {rate}, "
-                   f"ETA {_clock(view.eta_seconds)}")
+        step = view.training
+        rate = f"{step.steps_per_second:.2f} it/s" if step.steps_per_second else "– it/s"
+        status += (f" — step {step.done}/{step.total}, epoch {step.epoch}/{step.total_epochs}, {rate}, "
+                   f"ETA {_clock(step.eta_seconds)}")
     memory = _gpu_memory()
     if memory:
         status += f" — {memory}"

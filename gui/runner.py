@@ -11,18 +11,24 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RunView:
+    """What the page shows of the current (or last) run, kept as the engine's own events."""
+
     running: bool = False
-    phase: str = ""
-    done: int = 0
-    total: int = 0
-    epoch: int = 0
-    total_epochs: int = 0
-    steps_per_second: float | None = None
-    eta_seconds: float | None = None
+    latest: object | None = None  # engine.events.Progress: the newest of any phase
+    training: object | None = None  # engine.events.Progress: the newest training step (epoch, rate, ETA)
     losses: list[tuple[int, float]] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=200))
     finished: object | None = None  # engine.events.Finished
     started_at: float = 0.0
+
+    @property
+    def phase(self) -> str:
+        """"" before any run; "starting", an engine phase, then the finished status."""
+        if self.finished is not None:
+            return self.finished.status
+        if self.latest is not None:
+            return self.latest.phase
+        return "starting" if self.running else ""
 
 
 class TrainingRunner:
@@ -42,7 +48,7 @@ class TrainingRunner:
         with self._lock:
             if self.running:
                 return "A training run is already going; stop it first or wait for it to finish."
-            self.view = RunView(running=True, phase="starting", started_at=time.time())
+            self.view = RunView(running=True, started_at=time.time())
             self.revision += 1
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, args=(dict(values),), name="fluxlora-train", daemon=True)
@@ -73,15 +79,13 @@ class TrainingRunner:
 
         view = self.view
         if isinstance(event, Progress):
-            view.phase, view.done, view.total = event.phase, event.done, event.total
+            view.latest = event
             if event.phase == "training":
-                view.epoch, view.total_epochs = event.epoch, event.total_epochs
-                view.steps_per_second, view.eta_seconds = event.steps_per_second, event.eta_seconds
+                view.training = event
                 if event.loss is not None:
                     view.losses.append((event.done, event.loss))
         elif isinstance(event, Log):
             view.log.append(f"{time.strftime('%H:%M:%S')} {event.level}: {event.text}")
         elif isinstance(event, Finished):
             view.finished = event
-            view.phase = event.status
         self.revision += 1

@@ -66,15 +66,14 @@ def page(browser, app_url):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.set_default_timeout(30000)
     page.goto(app_url)
-    page.wait_for_selector("#opt-output_name input")
-    page.wait_for_timeout(500)  # the page-load event fills the fields
+    page.wait_for_selector("#page-loaded [data-loaded]", state="attached")  # the load event filled the fields
     yield page
     page.close()
 
 
 def tab(page, name):
     page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
+    page.wait_for_selector(f"[role=tab][aria-selected=true]:has-text('{name}')")
 
 
 TAB_OF_SECTION = {"Model": "Model", "Folders": "Folders", "Parameters/Basic": "Parameters",
@@ -106,6 +105,18 @@ def load_through_page(page, path):
                            " return (t.includes('Loaded') && t.includes(name)) || t.includes('Could not load'); }",
                            arg=name)
     return page.locator("#config-status").inner_text()
+
+
+def wait_for_line_pixels(page, at_least: int, timeout: float = 30) -> int:
+    """The loss line's pixel count once it is drawn (the plot draws after its element appears)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        count = line_pixels(page.locator("#loss-plot").screenshot())
+        if count > at_least or time.monotonic() > deadline:
+            return count
+        page.wait_for_timeout(100)
 
 
 def line_pixels(png: bytes) -> int:
@@ -242,8 +253,7 @@ def test_training_runs_to_the_end_with_a_loss_plot(page, tmp_path, tiny_model_fi
     assert "18 / 18 (100%)" in page.locator("#progress").inner_text()
     assert (tmp_path / "out/tiny.safetensors").is_file()
     page.wait_for_function("document.querySelector('#loss-plot canvas, #loss-plot svg') !== null")
-    page.wait_for_timeout(500)
-    assert line_pixels(page.locator("#loss-plot").screenshot()) > 300  # the drawn loss line (none when empty)
+    assert wait_for_line_pixels(page, 300) > 300  # the drawn loss line (none when empty)
     assert "epoch 3 done" in page.locator("#log-tail textarea").input_value()
     page.screenshot(path=str(tmp_path / "finished-run.png"), full_page=True)
 

@@ -3,7 +3,7 @@ the kohya layout, optionally WD14 captions (instance token first) and the preset
 
 from __future__ import annotations
 
-from engine.cli import CommandError
+from engine.commands import CommandError
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from engine.commands.tag import print_rejected
-    from engine.commands.train import ProgressPrinter
+    from engine.console import ProgressPrinter
     from engine.dataset.prepare import apply_copy_info, prepare_from_values
     from engine.preset import default_values
 

@@ -34,7 +34,7 @@ def add_tagger_source(parser, dir_flag: str, repo_flag: str) -> None:
 
 
 def run(args) -> int:
-    from engine.commands.train import ProgressPrinter
+    from engine.console import ProgressPrinter
     from engine.dataset.tagger import load_wd14, tag_folder
 
     for name in ("general_threshold", "character_threshold"):

@@ -7,7 +7,8 @@ import signal
 import sys
 import threading
 
-from engine.cli import CommandError
+from engine.commands import CommandError
+from engine.console import ProgressPrinter
 from engine.preset import apply_overrides, load_preset
 
 
@@ -22,14 +23,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from engine.trainer import check_ready, train
+    from engine.train_state import StateError
+    from engine.trainer import check_ready, continue_from_latest_state, train
 
     loaded = load_preset(args.preset)
     for line in loaded.warnings():
         print(f"warning: {line}", file=sys.stderr)
     values = apply_overrides(loaded.values, args.set)
     if args.continue_run:
-        values = continue_values(values)
+        try:
+            values = continue_from_latest_state(values)
+        except StateError as exc:
+            raise CommandError(f"--continue: {exc}") from None
     problems = check_ready(values)
     if problems:
         for problem in problems:
@@ -51,58 +56,8 @@ def run(args) -> int:
     return 0
 
 
-def continue_values(values: dict) -> dict:
-    from engine.train_state import find_latest_state
-
-    state = find_latest_state(values["output_dir"], values["output_name"])
-    if state is None:
-        raise CommandError(f"--continue: no saved state for {values['output_name']} in {values['output_dir']}; "
-                           "train once with save_state or save_state_on_train_end on")
-    return dict(values, resume=str(state))
-
-
 def _request_stop(stop: threading.Event) -> None:
     print("\nstopping at the next step and saving the LoRA; press Ctrl+C again to abort", file=sys.stderr)
     if stop.is_set():
         raise KeyboardInterrupt
     stop.set()
-
-
-class ProgressPrinter:
-    """Engine events -> a tqdm bar on stderr (plain lines when stderr is not a terminal)."""
-
-    def __init__(self):
-        self.bar = None
-        self.phase = None
-
-    def __call__(self, event) -> None:
-        from tqdm import tqdm
-
-        from engine.events import LOADING, SAVING, Finished, Log, Progress
-
-        if isinstance(event, Log):
-            self._write(f"[{event.level}] {event.text}" if event.level != "info" else event.text)
-        elif isinstance(event, Progress) and event.total and event.phase not in (SAVING, LOADING):
-            if self.phase != event.phase:
-                self.close()
-                self.phase = event.phase
-                self.bar = tqdm(total=event.total, desc=event.phase, file=sys.stderr, dynamic_ncols=True,
-                                mininterval=0.5 if sys.stderr.isatty() else 10)
-            self.bar.n = event.done
-            if event.loss is not None:
-                self.bar.set_postfix(epoch=f"{event.epoch}/{event.total_epochs}", loss=f"{event.loss:.4f}",
-                                     avg=f"{event.average_loss:.4f}", refresh=False)
-            self.bar.refresh()
-        elif isinstance(event, Finished):
-            self.close()
-
-    def _write(self, text: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            self.phase = None

@@ -1,10 +1,7 @@
-"""`fluxlora gui`: starts the Gradio app (the gui package, imported only when asked for)."""
+"""`fluxlora gui`: starts the Gradio app. The gui package plugs this command into the engine's CLI
+through the `fluxlora.commands` entry point (pyproject.toml), so the engine never imports gui."""
 
 from __future__ import annotations
-
-import importlib
-
-from engine.cli import CommandError
 
 
 def register(subparsers) -> None:
@@ -20,10 +17,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        app = importlib.import_module("gui.app")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("gui"):
-            raise CommandError("the GUI is not built yet in this version; use the fluxlora CLI") from None
-        raise
-    return app.launch(args)
+    from gui.app import launch  # gradio is imported only when the page is asked for
+
+    return launch(args)
