@@ -48,6 +48,15 @@ def swap_plan(blocks_to_swap: int, num_double: int, num_single: int) -> tuple[in
     return double, single
 
 
+def swap_placement(num_double: int, num_single: int, blocks_to_swap: int, device):
+    """Where the loader puts each diffusers parameter: the swapped blocks' in RAM, the rest
+    straight on `device`, so loading never holds the whole transformer in system RAM."""
+    double, single = swap_plan(blocks_to_swap, num_double, num_single)
+    ram = tuple(f"transformer_blocks.{i}." for i in range(num_double - double, num_double))
+    ram += tuple(f"single_transformer_blocks.{i}." for i in range(num_single - single, num_single))
+    return lambda name: "cpu" if name.startswith(ram) else device
+
+
 class BlockSwapper:
     def __init__(self, transformer, blocks_to_swap: int, device: torch.device, trace: list | None = None):
         double_blocks = list(transformer.transformer_blocks)

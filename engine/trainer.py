@@ -63,7 +63,20 @@ def check_ready(values: dict) -> list[str]:
         problems.append(f"network_weights: file {values['network_weights']} not found")
     if values["resume"] and not (Path(values["resume"]) / "train_state.json").is_file():
         problems.append(f"resume: {values['resume']} is not a state folder (no train_state.json in it)")
+    if values["blocks_to_swap"] == "auto" and not problems:
+        problems += _auto_swap_problems(values)
     return problems
+
+
+def _auto_swap_problems(values: dict) -> list[str]:
+    """blocks_to_swap auto on a GPU where even the most swapping does not fit: refused before loading."""
+    from engine.vram import SwapChoiceError, free_device_bytes, resolve_auto_swap
+
+    try:
+        resolve_auto_swap(values, free_device_bytes())
+    except SwapChoiceError as exc:
+        return [str(exc)]
+    return []
 
 
 def continue_from_latest_state(values: dict) -> dict:

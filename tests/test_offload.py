@@ -126,3 +126,16 @@ def test_training_with_swapped_blocks_equals_plain_training(tiny_model_files, tm
     a = load_file(str(tmp_path / "plain/out/tiny.safetensors"))
     b = load_file(str(tmp_path / "swapped/out/tiny.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loader_puts_only_the_swapped_blocks_in_ram(tmp_path):
+    from engine.offload import swap_placement
+
+    path = tmp_path / "flux.safetensors"
+    write_tiny_flux(path, num_double=2, num_single=3, dtype=torch.float32)
+    # "meta" stands in for the GPU: whatever is not swapped must not touch RAM at all.
+    model = load_flux_transformer(path, compute_dtype=torch.float32, device=swap_placement(2, 3, 2, "meta"))
+    in_ram = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.device.type == "cpu"}
+    assert in_ram == {"transformer_blocks.1", "single_transformer_blocks.1", "single_transformer_blocks.2"}
+    assert all(p.device.type == "meta" for name, p in model.named_parameters()
+               if not name.startswith(tuple(in_ram)))

@@ -58,3 +58,18 @@ def test_swap_forward_backward_on_cuda(tmp_path, fp8, checkpointing):
     assert not differing, f"{len(differing)} of {len(grads_plain)} LoRA gradients differ"
     assert swapper.resident_swapped_blocks() == 0
     assert all(p.device.type == "cuda" for p in lora_parameters(swapped))
+
+
+def test_lora_saved_from_the_gpu(tmp_path):
+    # The streaming writer copies each tensor to RAM itself (numpy cannot read CUDA memory).
+    from safetensors.torch import load_file
+
+    from engine.models.lora import lora_state_dict, save_lora
+
+    path = tmp_path / "flux.safetensors"
+    write_tiny_flux(path, num_double=2, num_single=3, dtype=torch.float32)
+    model, _ = cuda_model(path, 3, True, True)
+    save_lora(model, tmp_path / "lora.safetensors", precision="fp16", mem_eff=True)
+    saved = load_file(str(tmp_path / "lora.safetensors"))
+    expected = lora_state_dict(model, torch.float16)
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k].cpu()) for k in saved)

@@ -38,7 +38,7 @@ class TextEncoding:
         self.clip_tokenizer, self.t5_tokenizer = load_tokenizers(self.clip_tokenizer_path, self.t5_tokenizer_path)
         dtype = encoder_dtype(self.device)
         self.clip = load_clip_l(self.clip_path, dtype).to(self.device)
-        self.t5 = load_t5(self.t5_path, dtype).to(self.device)
+        self.t5 = load_t5(self.t5_path, dtype, device=self.device)  # never all of T5-XXL in RAM
         identity = dict(clip=file_identity(self.clip_path), t5=file_identity(self.t5_path),
                         clip_tok=self.clip_tokenizer_path or "standard", t5_tok=self.t5_tokenizer_path or "standard",
                         t5_len=self.t5_length)
