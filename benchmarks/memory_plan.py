@@ -250,7 +250,7 @@ def rows(quick: bool, everything: bool) -> list[tuple[str, str, dict]]:
             for res in (768, 1024) for rank in (16, 32, 64) for opt in ("AdamW", "AdamW8bit", "Adafactor", "Prodigy")
             for swap in (0, 8, 16, 37)]
     grid = [(f"{res} r{rank}", twelve, dict(max_resolution=f"{res},{res}", network_dim=rank, network_alpha=float(rank)))
-            for res in (768, 1024) for rank in (16, 32, 64)]
+            for res, rank in ((768, 16), (768, 32), (1024, 16), (1024, 64))]
     grid += [(f"768 r64 {opt}", twelve, dict(optimizer=opt, **adam)) for opt in ("AdamW", "AdamW8bit", "Prodigy")]
     grid += [(f"768 r64 swap {swap}", twelve, dict(blocks_to_swap=swap)) for swap in (0, 8, 37)]
     grid += [("768 r64 swap 0 no checkpointing", twelve, dict(blocks_to_swap=0, gradient_checkpointing=False))]

@@ -205,7 +205,9 @@ def test_cli_prints_table(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "model: flux1-dev"
-    assert lines[-1].startswith("predicted peak") and lines[-1].endswith("GiB")
+    peak = next(line for line in lines if line.startswith("predicted peak"))
+    assert peak.endswith("GiB") and lines[lines.index(peak) + 1].startswith("RAM loading encoders")
+    assert lines[-1].startswith("RAM peak (system RAM needed)") and lines[-1].endswith("GiB")
     missing = subprocess.run([sys.executable, "-m", "engine", "estimate", str(ROOT / "presets/flux1-dev-12gb.json"),
                               "--arch", "flux1-schnell", "--set", f"pretrained_model_name_or_path={tmp_path / 'no.safetensors'}"],
                              capture_output=True, text=True, cwd=ROOT)
