@@ -18,31 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 WRITE = """
-import sys, torch
+import dataclasses, sys, torch
 from safetensors.torch import save_file
-from engine.models.flux import FluxArchitecture
-w, double, single = 3072, int(sys.argv[2]), int(sys.argv[3])
-shapes = {"img_in.weight": (w, 64), "img_in.bias": (w,), "txt_in.weight": (w, 4096), "txt_in.bias": (w,),
-          "time_in.in_layer.weight": (w, 256), "time_in.in_layer.bias": (w,), "time_in.out_layer.weight": (w, w),
-          "time_in.out_layer.bias": (w,), "vector_in.in_layer.weight": (w, 768), "vector_in.in_layer.bias": (w,),
-          "vector_in.out_layer.weight": (w, w), "vector_in.out_layer.bias": (w,),
-          "final_layer.linear.weight": (64, w), "final_layer.linear.bias": (64,),
-          "final_layer.adaLN_modulation.1.weight": (2 * w, w), "final_layer.adaLN_modulation.1.bias": (2 * w,)}
-for i in range(double):
-    for s in ("img", "txt"):
-        b = f"double_blocks.{i}.{s}_"
-        shapes.update({b + "mod.lin.weight": (6 * w, w), b + "mod.lin.bias": (6 * w,),
-                       b + "attn.qkv.weight": (3 * w, w), b + "attn.qkv.bias": (3 * w,),
-                       b + "attn.norm.query_norm.scale": (128,), b + "attn.norm.key_norm.scale": (128,),
-                       b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,),
-                       b + "mlp.0.weight": (4 * w, w), b + "mlp.0.bias": (4 * w,),
-                       b + "mlp.2.weight": (w, 4 * w), b + "mlp.2.bias": (w,)})
-for i in range(single):
-    b = f"single_blocks.{i}."
-    shapes.update({b + "linear1.weight": (7 * w, w), b + "linear1.bias": (7 * w,), b + "linear2.weight": (w, 5 * w),
-                   b + "linear2.bias": (w,), b + "modulation.lin.weight": (3 * w, w), b + "modulation.lin.bias": (3 * w,),
-                   b + "norm.query_norm.scale": (128,), b + "norm.key_norm.scale": (128,)})
-save_file({k: (torch.randn(s) * 0.02).to(torch.bfloat16) for k, s in shapes.items()}, sys.argv[1])
+from benchmarks.bfl_layout import bfl_shapes
+from engine.models.flux import FLUX1_DEV
+# FLUX.1-dev's real width and head size, with only a few blocks so the file stays small.
+arch = dataclasses.replace(FLUX1_DEV, num_double=int(sys.argv[2]), num_single=int(sys.argv[3]), has_guidance=False)
+save_file({k: (torch.randn(s) * 0.02).to(torch.bfloat16) for k, s in bfl_shapes(arch).items()}, sys.argv[1])
 """
 
 MEASURE = """

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
-from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option
+from engine.names import name_problem
+from engine.preset_migrations import upgrade
+from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
@@ -101,14 +103,11 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
         raise PresetError(source, [f"a preset is a JSON object {{...}}, not {type(data).__name__}"])
     problems: list[str] = []
     if "preset_version" in data:
-        version = data["preset_version"]
-        if version != PRESET_VERSION or isinstance(version, bool):
-            newer = isinstance(version, int) and version > PRESET_VERSION
-            hint = " (written by a newer FluxLoRA: update FluxLoRA)" if newer else ""
-            raise PresetError(
-                source, [f"preset_version: {version!r} is not supported, expected {PRESET_VERSION}{hint}"]
-            )
-        result = LoadResult(values={}, format=FLUXLORA)
+        try:
+            data, upgrade_notes = upgrade(data)
+        except ValueError as exc:
+            raise PresetError(source, [str(exc)]) from None
+        result = LoadResult(values={}, format=FLUXLORA, notes=upgrade_notes)
     else:
         result = LoadResult(values={}, format=KOHYA_SS)
         _check_kohya_is_flux(data, problems)
@@ -215,19 +214,14 @@ def _coerce(option: Option, raw: Any, lenient: bool) -> tuple[Any, str | None]:
                     return choice, f"{key}: {raw!r} read as {choice!r}"
         return raw, None
     if lenient and isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        text = _number_text(raw)
+        text = format_number(raw)
         return text, f"{key}: {raw!r} read as the text {text!r}"
     if lenient and raw is None:
         return "", f"{key}: null read as empty"
     raise bad
 
 
-def _number_text(number: float) -> str:
-    return str(int(number)) if float(number).is_integer() else str(number)
-
-
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
-_BAD_NAME_CHARS = set('<>:"/\\|?*')
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -272,11 +266,10 @@ def validate_values(values: dict[str, Any]) -> list[str]:
     if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
         problems.append(f"caption_extension: {extension!r} is not allowed, expected an extension such as '.txt'")
     name = values["output_name"]
-    if not name.strip() or any(char in _BAD_NAME_CHARS for char in name) or name != name.strip():
-        problems.append(
-            f"output_name: {name!r} is not allowed, expected a file name without "
-            "path separators, surrounding spaces or any of < > : \" / \\ | ? *"
-        )
+    name_issue = name_problem(name)
+    if name_issue:
+        problems.append(f"output_name: {name!r} is not allowed: {name_issue}; expected a file name such as "
+                        "'my_flux_lora' (none of < > : \" / \\ | ? *, no device name such as CON or NUL)")
     for key, words in (("optimizer_args", values["optimizer_args"].split()),):
         for word in words:
             if "=" not in word or word.startswith("="):

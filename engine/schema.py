@@ -39,6 +39,8 @@ class Option:
     maximum: float | None = None
     # True when kohya_ss's GUI has this key with the same meaning (imports map it 1:1).
     kohya: bool = True
+    # The ss_* key sd-scripts writes this value under in a LoRA's metadata (None: not written).
+    metadata: str | None = None
     # An "int" option that also takes the text "auto" (FluxLoRA chooses the number at Start).
     auto: bool = False
 
@@ -54,15 +56,16 @@ class Option:
             return "true or false"
         kind = {"int": "a whole number", "float": "a number"}.get(self.type, "text")
         if self.auto:
-            return f"{kind} from {_fmt(self.minimum)} to {_fmt(self.maximum)}, or 'auto'"
+            return f"{kind} from {format_number(self.minimum)} to {format_number(self.maximum)}, or 'auto'"
         if self.minimum is not None and self.maximum is not None:
-            return f"{kind} from {_fmt(self.minimum)} to {_fmt(self.maximum)}"
+            return f"{kind} from {format_number(self.minimum)} to {format_number(self.maximum)}"
         if self.minimum is not None:
-            return f"{kind} of at least {_fmt(self.minimum)}"
+            return f"{kind} of at least {format_number(self.minimum)}"
         return kind
 
 
-def _fmt(number: float) -> str:
+def format_number(number: float) -> str:
+    """A number as a person writes it: 64 for 64.0, 0.0001 as is."""
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
@@ -99,7 +102,7 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "A folder holding the T5 tokenizer files. Empty: the standard tokenizer from the "
       "Hugging Face cache (downloaded once when online).", kohya=False),
     O("output_name", "str", "my_flux_lora", MODEL, "Output name",
-      "File name of the LoRA, without extension."),
+      "File name of the LoRA, without extension.", metadata="ss_output_name"),
     O("save_precision", "str", "fp16", MODEL, "Save precision",
       "Precision of the saved LoRA file.", choices=("fp16", "bf16", "float")),
     O("LoRA_type", "str", "Flux1", MODEL, "LoRA type",
@@ -119,18 +122,18 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       maximum=64),
     O("epoch", "int", 15, BASIC, "Epochs",
       "Total epochs. When continuing a run this is the new total, not the extra.",
-      minimum=1, maximum=100000),
+      minimum=1, maximum=100000, metadata="ss_num_epochs"),
     O("max_train_steps", "int", 0, BASIC, "Max train steps",
-      "Stop after this many optimizer steps in total; 0 = use epochs.", minimum=0),
+      "Stop after this many optimizer steps in total; 0 = use epochs.", minimum=0, metadata="ss_max_train_steps"),
     O("save_every_n_epochs", "int", 1, BASIC, "Save every N epochs",
       "Write a LoRA every N epochs; 0 = only at the end.", minimum=0),
     O("save_every_n_steps", "int", 0, BASIC, "Save every N steps",
       "Write a LoRA every N optimizer steps; 0 = off.", minimum=0),
     O("seed", "int", 42, BASIC, "Seed",
       "Random seed; the same seed and preset give the same LoRA.", minimum=0,
-      maximum=2**32 - 1),
+      maximum=2**32 - 1, metadata="ss_seed"),
     O("mixed_precision", "str", "bf16", BASIC, "Mixed precision",
-      "Compute precision of the training step.", choices=("no", "fp16", "bf16")),
+      "Compute precision of the training step.", choices=("no", "fp16", "bf16"), metadata="ss_mixed_precision"),
     O("cache_latents", "bool", True, BASIC, "Cache latents",
       "Encode every image with the VAE once before training."),
     O("cache_latents_to_disk", "bool", True, BASIC, "Cache latents to disk",
@@ -140,7 +143,7 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("optimizer_args", "str", ADAFACTOR_ARGS, BASIC, "Optimizer extra arguments",
       "Space-separated key=value pairs, e.g. relative_step=False scale_parameter=False."),
     O("lr_scheduler", "str", "constant", BASIC, "LR scheduler", "Learning-rate schedule.",
-      choices=SCHEDULERS),
+      choices=SCHEDULERS, metadata="ss_lr_scheduler"),
     O("lr_warmup", "float", 0.0, BASIC, "LR warmup (% of steps)",
       "Warmup as a percentage of all steps; used when LR warmup steps is 0.",
       minimum=0, maximum=100),
@@ -151,16 +154,16 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("lr_scheduler_power", "float", 1.0, BASIC, "LR power",
       "Power of the polynomial schedule.", minimum=0),
     O("learning_rate", "float", 1e-4, BASIC, "Learning rate",
-      "Base learning rate (used when Unet learning rate is 0).", minimum=0, maximum=1),
+      "Base learning rate (used when Unet learning rate is 0).", minimum=0, maximum=1, metadata="ss_learning_rate"),
     O("unet_lr", "float", 1e-4, BASIC, "Unet learning rate",
-      "Learning rate of the transformer LoRA; 0 = use Learning rate.", minimum=0, maximum=1),
+      "Learning rate of the transformer LoRA; 0 = use Learning rate.", minimum=0, maximum=1, metadata="ss_unet_lr"),
     O("text_encoder_lr", "float", 1e-4, BASIC, "Text encoder learning rate",
       "Kept for kohya_ss compatibility: FluxLoRA trains the transformer only (the text "
       "encoders stay frozen), so this value does not change training.", minimum=0, maximum=1),
     O("network_dim", "int", 64, BASIC, "Network rank (dim)", "LoRA rank.", minimum=1,
-      maximum=1024),
+      maximum=1024, metadata="ss_network_dim"),
     O("network_alpha", "float", 64.0, BASIC, "Network alpha",
-      "LoRA alpha; the update is scaled by alpha / rank.", minimum=0, maximum=1024),
+      "LoRA alpha; the update is scaled by alpha / rank.", minimum=0, maximum=1024, metadata="ss_network_alpha"),
     O("network_weights", "file", "", BASIC, "Start from LoRA",
       "Optional LoRA file to start from (ours, sd-scripts' or diffusers layout)."),
     O("max_resolution", "str", "768,768", BASIC, "Max resolution",
@@ -173,31 +176,31 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Largest bucket side in pixels.", minimum=64, maximum=8192),
     # --- Parameters / Basic / Flux.1 ---------------------------------------------------
     O("fp8_base", "bool", True, FLUX, "fp8 base",
-      "Store the frozen base model in float8 and compute in bf16."),
+      "Store the frozen base model in float8 and compute in bf16.", metadata="ss_fp8_base"),
     O("fp8_base_unet", "bool", True, FLUX, "fp8 base (transformer only)",
-      "Store only the transformer in float8; text encoders stay wider."),
+      "Store only the transformer in float8; text encoders stay wider.", metadata="ss_fp8_base_unet"),
     O("flux1_cache_text_encoder_outputs", "bool", True, FLUX, "Cache text encoder outputs",
       "Encode every caption with CLIP-L and T5 once before training."),
     O("flux1_cache_text_encoder_outputs_to_disk", "bool", True, FLUX,
       "Cache text encoder outputs to disk", "Keep the text cache on disk for later runs."),
     O("guidance_scale", "float", 1.0, FLUX, "Guidance scale",
       "Value fed to the guidance embedder of FLUX.1-dev while training (1.0 recommended).",
-      minimum=0, maximum=100),
+      minimum=0, maximum=100, metadata="ss_guidance_scale"),
     O("timestep_sampling", "str", "sigmoid", FLUX, "Timestep sampling",
-      "How noise levels are drawn.", choices=TIMESTEP_SAMPLINGS),
+      "How noise levels are drawn.", choices=TIMESTEP_SAMPLINGS, metadata="ss_timestep_sampling"),
     O("sigmoid_scale", "float", 1.0, FLUX, "Sigmoid scale",
       "Scale of the normal sample inside sigmoid/shift sampling.", minimum=0.01, maximum=100),
     O("discrete_flow_shift", "float", 3.0, FLUX, "Discrete flow shift",
-      "Shift used by 'shift' and 'sigma' sampling.", minimum=0.01, maximum=100),
+      "Shift used by 'shift' and 'sigma' sampling.", minimum=0.01, maximum=100, metadata="ss_discrete_flow_shift"),
     O("model_prediction_type", "str", "raw", FLUX, "Model prediction type",
       "How the model output is turned into the prediction (raw recommended).",
-      choices=("raw", "additive", "sigma_scaled")),
+      choices=("raw", "additive", "sigma_scaled"), metadata="ss_model_prediction_type"),
     O("t5xxl_max_token_length", "int", 512, FLUX, "T5 max tokens",
       "T5 sequence length: 512 for dev, 256 for schnell.", minimum=16, maximum=512),
     O("apply_t5_attn_mask", "bool", False, FLUX, "Apply T5 attention mask",
       "Mask T5 padding tokens in the transformer's attention."),
     O("train_blocks", "str", "all", FLUX, "Train blocks",
-      "Which transformer blocks get LoRA layers.", choices=("all", "single", "double")),
+      "Which transformer blocks get LoRA layers.", choices=("all", "single", "double"), metadata="ss_train_blocks"),
     O("blocks_to_swap", "int", 0, FLUX, "Blocks to swap",
       "Keep part of the transformer in system RAM and stream it to the GPU when needed, counted "
       "as kohya does: N//2 double blocks plus 2 single blocks per remaining unit "

@@ -12,8 +12,10 @@ import threading
 from pathlib import Path
 
 from engine.dataset.layout import DatasetError, scan_train_dir
-from engine.events import Finished, emit
+from engine.events import Finished, Log, emit
+from engine.fsutil import sweep_stale_temps
 from engine.models.errors import ModelFileError
+from engine.names import CACHE_TAIL, OUTPUT_TAIL, path_length_problem
 from engine.preset import PresetError, validate_values
 from engine.train_state import StateError
 
@@ -57,6 +59,7 @@ def check_ready(values: dict) -> list[str]:
         problems.append("output_dir: empty; choose where the LoRA files go")
     else:
         problems += _folder_problems("output_dir", values["output_dir"])
+    problems += _path_length_problems(values)
     if values["logging_dir"].strip():
         problems += _folder_problems("logging_dir", values["logging_dir"])
     if values["network_weights"] and not Path(values["network_weights"]).is_file():
@@ -104,6 +107,25 @@ def _folder_problems(key: str, folder: str) -> list[str]:
     return []
 
 
+def _path_length_problems(values: dict) -> list[str]:
+    checks = [("output_dir", values["output_dir"], len(values["output_name"]) + OUTPUT_TAIL)]
+    if values["cache_latents_to_disk"] or values["flux1_cache_text_encoder_outputs_to_disk"]:
+        checks += [(key, values[key], CACHE_TAIL) for key in ("train_data_dir", "reg_data_dir") if values[key]]
+    found = (path_length_problem(key, folder, tail) for key, folder, tail in checks if folder.strip())
+    return [problem for problem in found if problem]
+
+
+def leftover_folders(values: dict) -> list[Path]:
+    """Where a crashed run may have left temporaries: the output folder and the disk caches."""
+    from engine.training.cache import CACHE_FOLDER
+
+    folders = [Path(values["output_dir"])]
+    for key in ("train_data_dir", "reg_data_dir"):
+        if values[key]:
+            folders += [Path(values[key]) / CACHE_FOLDER / kind for kind in ("latents", "text")]
+    return folders
+
+
 def train(values: dict, on_event=None, stop: threading.Event | None = None) -> Finished:
     """Train; never raises for user-fixable problems: they come back as status "failed"."""
     from engine.training.run import TrainingRun
@@ -117,6 +139,9 @@ def train(values: dict, on_event=None, stop: threading.Event | None = None) -> F
         result = Finished("failed", message=message)
         emit(on_event, result)
         return result
+    for folder in leftover_folders(values) if os.environ.get("RANK", "0") == "0" else []:  # torchrun: rank 0
+        for line in sweep_stale_temps(folder):
+            emit(on_event, Log(line, "warning"))
     run = TrainingRun(values, on_event, stop or threading.Event())
     try:
         result = run.execute()

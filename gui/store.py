@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.fsutil import atomic_write_text
+from engine.fsutil import atomic_write_text, sweep_stale_temps
 from engine.preset import PresetError, default_values, parse_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,8 @@ class WorkingPreset:
 
     def __init__(self):
         self.path = home() / "working.json"
+        for folder in (home(), user_presets_dir()):  # what a crash mid-save left behind
+            sweep_stale_temps(folder)
         self.values, self.preset_path = default_values(), ""
         if self.path.is_file():
             try:

@@ -18,4 +18,5 @@ torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
 # Fixture modules, one per area (tiny models, tiny tagger, ...); add yours to this list.
-pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.tagger"]
+# windows_fs enforces Windows' file rules (fsync, replace of open files) in every test.
+pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.tagger", "tests.fixtures.windows_fs"]

@@ -483,6 +483,7 @@ def test_a_failed_final_rename_restores_the_old_dest(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(prepare_module.os, "replace", replace)
+    monkeypatch.setattr("engine.fsutil.REPLACE_RETRY_S", 0.1)  # the retry for a busy folder, shortened
     with pytest.raises(DatasetError, match="folder in use"):
         prepare_dataset("ohwx", "man", tmp_path / "src", 3, tmp_path / "dest", overwrite=True)
     monkeypatch.undo()

@@ -2,13 +2,13 @@
 
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
 from engine.preset import load_preset, save_preset
+from tests.fixtures.browser import browser_candidates, find_browser
 from tests.fixtures.datasets import tiny_training_values, write_images
 
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -16,13 +16,25 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 
 
 def chromium_path():
-    for candidate in (os.environ.get("FLUXLORA_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
-        if candidate and Path(candidate).exists():
-            return candidate
+    found = find_browser()
+    if found:
+        return found
     if os.environ.get("CI") == "true":
-        pytest.fail("no Chromium found; CI must install it (apt-get install chromium)")
-    pytest.skip("no Chromium found: install it (apt install chromium) or set FLUXLORA_CHROMIUM")
+        pytest.fail("no Chromium, Chrome or Edge found; CI must install one (apt-get install chromium)")
+    pytest.skip("no Chromium, Chrome or Edge found: install one (apt install chromium) or set FLUXLORA_CHROMIUM")
+
+
+def test_chrome_and_edge_are_found_on_windows(tmp_path, monkeypatch):
+    edge = tmp_path / "Program Files (x86)" / "Microsoft" / "Edge" / "Application" / "msedge.exe"
+    edge.parent.mkdir(parents=True)
+    edge.write_bytes(b"")
+    for name in ("FLUXLORA_CHROMIUM", "PROGRAMFILES", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROGRAMFILES(X86)", str(tmp_path / "Program Files (x86)"))
+    assert str(edge) in browser_candidates()
+    chrome = tmp_path / "Local" / "Google" / "Chrome" / "Application" / "chrome.exe"
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
+    assert str(chrome) in browser_candidates()
 
 
 def free_port():

@@ -26,9 +26,27 @@ def tensors_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_python(code: str, *args):
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+KILL_ME = "kill me now"
+
+
+def run_until_killed(code: str, *args) -> int:
+    """Run `code`, which prints KILL_ME and waits at the moment to crash; kill it there the way the
+    platform hard-kills (Popen.kill: SIGKILL here, TerminateProcess on Windows). Returns its exit code."""
+    child = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        for line in child.stdout:
+            if line.strip() == KILL_ME:
+                child.kill()
+                break
+        else:
+            raise AssertionError(f"the run ended (exit {child.wait(timeout=60)}) before it asked to be killed")
+        return child.wait(timeout=60)
+    finally:
+        child.stdout.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=60)
 
 
 def test_three_runs_15_25_30_are_cumulative_and_equal_one_uninterrupted_run(tiny_model_files, tmp_path):
@@ -60,14 +78,15 @@ def _metadata(path):
 
 
 KILL_AT_STEP = """
-import os, signal, sys
+import sys, time
 from engine.events import Progress
 from engine.preset import load_preset
 from engine.trainer import train
 
 def on_event(event):
     if isinstance(event, Progress) and event.phase == "training" and event.done == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("kill me now", flush=True)
+        time.sleep(600)
 
 train(load_preset(sys.argv[1]).values, on_event=on_event)
 """
@@ -77,8 +96,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
     values = values_for(tiny_model_files, tmp_path / "killed", epoch=3, save_every_n_steps=7, save_state=True)
     preset = tmp_path / "killed.json"
     save_preset(values, preset)
-    killed = run_python(KILL_AT_STEP, preset, 17)
-    assert killed.returncode == -9, killed.stderr
+    assert run_until_killed(KILL_AT_STEP, preset, 17) != 0
     out = Path(values["output_dir"])
     assert find_latest_state(out, "tiny") == out / "tiny-step00000014-state"
     assert not (out / "tiny.safetensors").exists()
@@ -92,7 +110,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
 
 
 KILL_DURING_SECOND_STATE_SAVE = """
-import os, signal, sys
+import sys, time
 import engine.training.checkpoint as checkpoint
 from engine.preset import load_preset
 from engine.trainer import train
@@ -102,7 +120,8 @@ real_write = checkpoint.write_train_state
 def crash_on_second_save(folder, state):
     calls.append(folder)
     if len(calls) == 2:  # adapter and optimizer of the second state are already on disk
-        os.kill(os.getpid(), signal.SIGKILL)
+        print("kill me now", flush=True)
+        time.sleep(600)
     real_write(folder, state)
 checkpoint.write_train_state = crash_on_second_save
 train(load_preset(sys.argv[1]).values)
@@ -113,15 +132,20 @@ def test_kill_during_a_state_save_leaves_the_previous_state_usable(tiny_model_fi
     values = values_for(tiny_model_files, tmp_path, epoch=2, save_every_n_epochs=1, save_state=True)
     preset = tmp_path / "p.json"
     save_preset(values, preset)
-    assert run_python(KILL_DURING_SECOND_STATE_SAVE, preset).returncode == -9
+    assert run_until_killed(KILL_DURING_SECOND_STATE_SAVE, preset) != 0
     out = Path(values["output_dir"])
-    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    # The final LoRA was written, its state was not: no half-written tiny-state folder.
-    assert visible == ["tiny-000001-state", "tiny-000001.safetensors", "tiny.safetensors"]
+    # The final LoRA was written, its state was not: the half-written one says it is temporary,
+    # and the next run removes it.
+    names = sorted(p.name for p in out.iterdir())
+    leftovers = [name for name in names if name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith("tiny-state.fluxlora-"), names
+    assert [name for name in names if not name.endswith(".tmp")] == [
+        "tiny-000001-state", "tiny-000001.safetensors", "tiny.safetensors"]
     assert find_latest_state(out, "tiny") == out / "tiny-000001-state"
     assert read_train_state(out / "tiny-000001-state").current_step == 10
     result = train(dict(values, resume=str(out / "tiny-000001-state")))
     assert (result.status, result.steps) == ("completed", 20)
+    assert not (out / leftovers[0]).exists()
 
 
 def test_kohya_state_is_repaired_on_resume_with_backup(tiny_model_files, tmp_path):

@@ -79,7 +79,8 @@ def test_find_latest_state_picks_most_steps_and_skips_partial_and_other_names(tm
     kohya_state(tmp_path / "ohwx-000001-state", 1, 10)
     kohya_state(tmp_path / "ohwx-step00000015-state", 1, 15)
     kohya_state(tmp_path / "ohwx2-state", 9, 90)  # another output name
-    (tmp_path / ".ohwx-state.abc.tmp").mkdir()  # a save that never finished
+    (tmp_path / ".ohwx-state.abc.tmp").mkdir()  # a save that never finished (older name)
+    (tmp_path / "ohwx-state.fluxlora-12-abcd1234.tmp").mkdir()  # ... and today's
     (tmp_path / "ohwx-000002-state").mkdir()  # no train_state.json
     assert find_latest_state(tmp_path, "ohwx") == tmp_path / "ohwx-step00000015-state"
     assert find_latest_state(tmp_path / "missing", "ohwx") is None

@@ -12,7 +12,7 @@ from engine.preset import default_values
 from engine.training import flow
 from engine.training.cache import EntryCache, entry_key
 from engine.training.data import (Sample, balance_regularisation, bucket_for, epoch_batches, fit_to_bucket,
-                                  load_samples, steps_in_epoch)
+                                  load_samples, process_batches, steps_in_epoch)
 from engine.training.optim import create_optimizer, create_scheduler, parse_optimizer_args
 
 
@@ -62,6 +62,18 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch_with_batches_from_one_
     assert all(len({samples()[i].bucket for i in batch}) == 1 for batch in first)
     assert sorted(len(batch) for batch in first) == [1, 2, 2, 2, 2]  # 6 of one bucket, 3 of the other
     assert steps_in_epoch(samples(), 2, 1) == 5 and steps_in_epoch(samples(), 2, 2) == 3
+
+
+@pytest.mark.parametrize("processes, accumulation", [(2, 1), (3, 1), (4, 1), (2, 2), (4, 2)])
+def test_every_process_gets_as_many_batches_as_the_step_count_says(processes, accumulation):
+    batches = epoch_batches(samples(), 2, seed=42, epoch=1)  # 5 batches
+    shares = [process_batches(batches, rank, processes) for rank in range(processes)]
+    steps = steps_in_epoch(samples(), 2, accumulation, processes)
+    assert {len(share) for share in shares} == {-(-5 // processes)}  # the same for all: no one waits forever
+    assert {-(-len(share) // accumulation) for share in shares} == {steps}
+    dealt = [batch for round_ in zip(*shares) for batch in round_]
+    assert dealt[:5] == batches and dealt[5:] == batches[:len(dealt) - 5]  # the first ones repeated, as accelerate
+    assert process_batches(batches, 0, 1) == batches
 
 
 def draw(mode, shift=3.0, scale=1.0, tokens=256, n=6):

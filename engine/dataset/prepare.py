@@ -23,12 +23,12 @@ from typing import Callable
 from engine.dataset.images import BadImageError, open_image_rgb
 from engine.dataset.layout import IMAGE_EXTENSIONS, DatasetError, read_caption
 from engine.events import PREPARING, Log, Progress, emit
-from engine.fsutil import atomic_write_text
+from engine.fsutil import atomic_write_text, replace
+from engine.names import BAD_NAME_CHARS, name_problem
 
 # Images Pillow opens but the training scanner does not list: saved as PNG (first frame).
 CONVERTED_EXTENSIONS = (".gif", ".tif", ".tiff", ".jfif")
 PREVIOUS_CAPTIONS = "previous captions"
-_BAD_NAME_CHARS = set('<>:"/\\|?*')
 
 
 @dataclass
@@ -120,9 +120,12 @@ def apply_copy_info(preset_path, copy_info: dict[str, str]) -> None:
 def _check_token(key: str, value: str, required: bool) -> None:
     if required and not value:
         raise DatasetError(f"{key}: empty; give a word such as {'ohwx' if key == 'instance' else 'man'}")
-    bad = sorted(_BAD_NAME_CHARS & set(value))
+    bad = sorted(BAD_NAME_CHARS & set(value))
     if bad:
         raise DatasetError(f"{key}: {value!r} contains {' '.join(bad)}, which folder names cannot hold")
+    problem = name_problem(f"1_{value}") if value else None  # it ends the repeat folder's name
+    if problem:
+        raise DatasetError(f"{key}: {value!r} cannot end a folder name: {problem}")
 
 
 def _source_images(folder: Path) -> list[Path]:
@@ -220,11 +223,11 @@ def _commit(staging: Path, dest: Path) -> None:
     Every move is recorded, so a failure puts them back and DEST is as it was.
     """
     if not dest.exists():
-        os.replace(staging, dest)
+        replace(staging, dest)
         return
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    os.replace(dest, old)
+    replace(dest, old)  # retried while Explorer or an antivirus scan holds a file in DEST
     moves: list[tuple[Path, Path]] = []
 
     def move(source: Path, target: Path) -> None:
@@ -244,7 +247,7 @@ def _commit(staging: Path, dest: Path) -> None:
             for path in sorted(entry.rglob("*")):
                 if path.is_file():
                     move(path, _free_name(target / path.relative_to(entry)))
-        os.replace(staging, dest)
+        replace(staging, dest)
     except BaseException:
         for source, target in reversed(moves):
             os.replace(target, source)

@@ -19,6 +19,7 @@ import torch
 from engine.fsutil import atomic_path
 from engine.models.errors import ModelFileError
 from engine.models.identify import describe
+from engine.schema import OPTIONS_TABLE
 
 ADAPTER = "default"
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
@@ -293,41 +294,26 @@ def build_metadata(values: dict, *, epoch: int, steps: int, started_at: float,
     def stamp(seconds):
         return str(int(seconds)) if seconds is not None else ""
 
-    metadata = {
+    metadata = {option.metadata: _metadata_text(values[option.key]) for option in OPTIONS_TABLE if option.metadata}
+    metadata.update({
         "ss_network_module": "networks.lora_flux",
-        "ss_network_dim": str(values["network_dim"]),
-        "ss_network_alpha": _number(values["network_alpha"]),
         "ss_base_model_version": "flux1",
-        "ss_output_name": values["output_name"],
-        "ss_learning_rate": _number(values["learning_rate"]),
-        "ss_unet_lr": _number(values["unet_lr"]),
         "ss_optimizer": values["optimizer"] + (f"({values['optimizer_args']})" if values["optimizer_args"] else ""),
-        "ss_lr_scheduler": values["lr_scheduler"],
-        "ss_num_epochs": str(values["epoch"]),
         "ss_epoch": str(epoch),
         "ss_steps": str(steps),
-        "ss_max_train_steps": str(values["max_train_steps"]),
         "ss_training_started_at": stamp(started_at),
         "ss_training_finished_at": stamp(finished_at),
-        "ss_seed": str(values["seed"]),
-        "ss_mixed_precision": values["mixed_precision"],
-        "ss_fp8_base": str(bool(values["fp8_base"])),
-        "ss_fp8_base_unet": str(bool(values["fp8_base_unet"])),
-        "ss_guidance_scale": _number(values["guidance_scale"]),
-        "ss_timestep_sampling": values["timestep_sampling"],
-        "ss_discrete_flow_shift": _number(values["discrete_flow_shift"]),
-        "ss_model_prediction_type": values["model_prediction_type"],
         "ss_resolution": f"({values['max_resolution']})",
-        "ss_train_blocks": values["train_blocks"],
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
         "modelspec.implementation": "https://github.com/black-forest-labs/flux",
         "modelspec.title": values["output_name"],
         "modelspec.date": datetime.fromtimestamp(finished_at or started_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.resolution": values["max_resolution"].replace(",", "x"),
-    }
+    })
     return metadata
 
 
-def _number(value) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
+def _metadata_text(value) -> str:
+    """sd-scripts writes str() of its argument: "True", "64", "64.0", "0.0001"."""
+    return str(bool(value)) if isinstance(value, bool) else str(value)

@@ -81,6 +81,22 @@ def epoch_batches(samples: list[Sample], batch_size: int, seed: int, epoch: int)
     return batches
 
 
+def process_batches(batches: list[list[int]], process_index: int, num_processes: int) -> list[list[int]]:
+    """This process's share of an epoch's batches when several train together.
+
+    Every process gets the same number of batches, so every process takes the same number of
+    optimizer steps (a process with one step less would leave the others waiting forever in the
+    gradient all-reduce). Like accelerate's `even_batches`, the epoch's first batches are repeated
+    to fill the last round.
+    """
+    if num_processes <= 1 or not batches:
+        return list(batches)
+    padded = list(batches)
+    while len(padded) % num_processes:
+        padded.append(batches[(len(padded) - len(batches)) % len(batches)])
+    return padded[process_index::num_processes]
+
+
 def steps_in_epoch(samples: list[Sample], batch_size: int, accumulation: int, processes: int = 1) -> int:
     """Optimizer steps per epoch (per process when several share the batches)."""
     batches = sum(math.ceil(count / batch_size) for count in _bucket_counts(samples).values())

@@ -15,7 +15,7 @@ import torch
 
 from engine.events import LOADING, TRAINING, Finished
 from engine.training.checkpoint import Checkpointer, load_optimizer_state, read_resume_state, state_adapter_file
-from engine.training.data import epoch_batches, load_samples, steps_in_epoch
+from engine.training.data import epoch_batches, load_samples, process_batches, steps_in_epoch
 from engine.training.latents import LatentEncoding
 from engine.training.model_setup import load_transformer_with_lora, prepare_for_training
 from engine.training.placement import EncoderPlacement, make_accelerator
@@ -140,7 +140,7 @@ class TrainingRun:
         values, accelerator = self.values, self.accelerator
         accumulation = values["gradient_accumulation_steps"]
         batches = epoch_batches(self.samples, values["train_batch_size"], values["seed"], epoch)
-        batches = batches[accelerator.process_index::accelerator.num_processes]
+        batches = process_batches(batches, accelerator.process_index, accelerator.num_processes)
         groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
         return groups[:self.steps_per_epoch]
 
