@@ -106,7 +106,7 @@ class DeviceAccount(TorchDispatchMode):
 
 def write_header_only_flux(path: Path, arch) -> None:
     """FLUX.1's tensor list in BFL's layout (bf16), over a sparse file: the real header, no data."""
-    from benchmarks.gpu_12gb import bfl_shapes
+    from benchmarks.bfl_layout import bfl_shapes
 
     header, offset = {}, 0
     for name, shape in bfl_shapes(arch).items():
