@@ -19,10 +19,12 @@ BACKWARD_WORKING = 8  # ditto for its backward (the widest gradient and the bloc
 
 
 def timeline(blocks: list[dict], rest: int, lora_bytes: int, state: int, encoders: int,
-             tokens: int, width: int, compute: int, checkpointing: bool) -> dict[str, dict[str, int]]:
+             tokens: int, width: int, compute: int, checkpointing: bool,
+             extra: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
     """Peak breakdown per phase. `blocks` in forward order, each with: stored (bytes as stored),
     swapped (bool), cast (bytes of compute copies of its fp8 weights), lora (LoRA parameters),
-    saved (bytes autograd saves in it without checkpointing)."""
+    saved (bytes autograd saves in it without checkpointing). `extra`: parts on the GPU all
+    step long (a trained CLIP-L with its LoRA)."""
     resident = rest + sum(b["stored"] for b in blocks if not b["swapped"])
     lora_weights = sum(b["lora"] for b in blocks) * lora_bytes
     unit = tokens * width * compute  # one block input or output
@@ -30,7 +32,7 @@ def timeline(blocks: list[dict], rest: int, lora_bytes: int, state: int, encoder
     def moment(streamed=0, cast=0, grads=0, activations=0) -> dict[str, int]:
         return {"base weights resident": resident, "streamed blocks": streamed, "compute copies of fp8 weights": cast,
                 "LoRA weights + gradients": lora_weights + grads, "optimizer state": state,
-                "activations": activations, "text encoders + VAE": encoders}
+                "activations": activations, **(extra or {}), "text encoders + VAE": encoders}
 
     def streamed(*indices) -> int:
         return sum(blocks[i]["stored"] for i in indices if 0 <= i < len(blocks) and blocks[i]["swapped"])

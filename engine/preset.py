@@ -19,27 +19,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine.fsutil import atomic_write_text
+from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
 from engine.names import name_problem
 from engine.preset_migrations import upgrade
 from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
-
-# kohya_ss keys we understand but do not keep as options, with the reason a user sees.
-KOHYA_IGNORED_REASONS = {
-    "flux1_checkbox": "FluxLoRA always trains FLUX.1",
-    "xformers": "FluxLoRA always uses PyTorch SDPA attention",
-    "sdxl": "FluxLoRA trains FLUX.1 only",
-    "v2": "FluxLoRA trains FLUX.1 only",
-    "v_parameterization": "FluxLoRA trains FLUX.1 only",
-    "model_list": "the model is given by its file path",
-    "save_model_as": "LoRAs are always saved as .safetensors",
-    "network_train_unet_only": "FluxLoRA always trains the transformer only",
-    "network_train_text_encoder_only": "FluxLoRA always trains the transformer only",
-    "lowvram": "use blocks_to_swap to save GPU memory",
-}
-
+UNSUPPORTED_TITLE = "Changes training in kohya, not supported here"
+REINTERPRETED_TITLE = "Reinterpreted (the value FluxLoRA uses)"
 
 class PresetError(ValueError):
     """A preset that cannot be used; `problems` lists every reason, each naming its key."""
@@ -57,10 +45,39 @@ class LoadResult:
     unknown_keys: list[str] = field(default_factory=list)  # reported, not used
     notes: list[str] = field(default_factory=list)  # every value changed while reading
     defaulted_keys: list[str] = field(default_factory=list)  # missing, schema default used
+    # kohya_ss configs: what kohya means that we apply differently, and what we cannot do at all.
+    reinterpreted: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # option keys set from another kohya key or meaning
+
+    def used_as_is(self) -> list[str]:
+        return sorted(key for key in self.values if key not in self.defaulted_keys and key not in self.touched)
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """The kohya_ss report: (title, lines), the group that changes training first; empty groups left out."""
+        not_used = [f"{key} ({KOHYA_IGNORED_REASONS[key]})" if key in KOHYA_IGNORED_REASONS else key
+                    for key in self.unknown_keys]
+        groups = [(UNSUPPORTED_TITLE, self.unsupported), (REINTERPRETED_TITLE, self.reinterpreted),
+                  ("Not used by FluxLoRA (no effect on training)", [", ".join(not_used)] if not_used else [])]
+        if self.format == KOHYA_SS:
+            used = self.used_as_is()
+            groups.append((f"Used as is ({len(used)} key{'s' if len(used) != 1 else ''})", [", ".join(used)]))
+        return [(title, lines) for title, lines in groups if lines and any(lines)]
+
+    def report_lines(self) -> list[str]:
+        """The groups as indented lines (CLI), then the notes about values read from kohya's text."""
+        lines = []
+        for title, items in self.groups():
+            if title.startswith("Used as is") and self.format != KOHYA_SS:
+                continue
+            lines.append(f"{title}:")
+            lines += [f"  - {item}" for item in items]
+        return lines + self.notes
 
     def warnings(self) -> list[str]:
         """One line per thing the user should know about this file."""
-        lines = []
+        lines = [f"{UNSUPPORTED_TITLE}: {line}" for line in self.unsupported]
+        lines += [f"Reinterpreted: {line}" for line in self.reinterpreted]
         if self.unknown_keys:
             reasons = [
                 f"{key} ({KOHYA_IGNORED_REASONS[key]})" if key in KOHYA_IGNORED_REASONS else key
@@ -121,7 +138,7 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
             result.unknown_keys.append(key)
             continue
         try:
-            value, note = _coerce(option, raw, lenient)
+            value, note = _coerce(option, raw, lenient, KOHYA_DEFAULTS.get(key, option.default))
         except ValueError as exc:
             problems.append(str(exc))
             continue
@@ -132,17 +149,43 @@ def parse_preset(data: Any, source: str = "preset") -> LoadResult:
             result.notes.append(note)
         result.values[key] = value
     result.unknown_keys.sort()
+    if lenient:
+        problems += read_kohya_meanings(data, result)
 
+    recipe = []
     for option in OPTIONS_TABLE:
         if option.key not in result.values and not _is_problem_key(option.key, problems):
-            result.values[option.key] = option.default
+            kohya_default = lenient and option.key in KOHYA_DEFAULTS
+            if lenient and option.kohya and not kohya_default:
+                recipe.append(f"{option.key} {option.default!r}")
+            result.values[option.key] = KOHYA_DEFAULTS[option.key] if kohya_default else option.default
             result.defaulted_keys.append(option.key)
+            if kohya_default:
+                result.reinterpreted.append(f"{option.key} = {KOHYA_DEFAULTS[option.key]!r}: not in the file; "
+                                            "kohya's default (FluxLoRA's recipe would use "
+                                            f"{option.default!r})")
+    if recipe:
+        result.reinterpreted.append("not in the file, FluxLoRA's recipe value used: " + ", ".join(recipe))
 
+    if result.format == KOHYA_SS:
+        _kohya_unet_only(data, result)
     if not problems:
         problems = validate_values(result.values)
     if problems:
         raise PresetError(source, problems)
     return result
+
+
+def _kohya_unet_only(data: dict, result: LoadResult) -> None:
+    """sd-scripts trains CLIP-L too unless network_train_unet_only; we say that with text_encoder_lr 0."""
+    if "network_train_unet_only" not in data:
+        return
+    result.unknown_keys.remove("network_train_unet_only")
+    if _truthy(data["network_train_unet_only"]) and result.values.get("text_encoder_lr", 0) > 0:
+        result.values["text_encoder_lr"] = 0.0
+        result.touched.add("text_encoder_lr")
+        result.notes.append("network_train_unet_only: true, so text_encoder_lr is 0: the transformer trains alone "
+                            "and CLIP-L stays frozen, as sd-scripts trains it")
 
 
 def _is_problem_key(key: str, problems: list[str]) -> bool:
@@ -168,7 +211,7 @@ def _truthy(raw: Any) -> bool | None:
     return None
 
 
-def _coerce(option: Option, raw: Any, lenient: bool) -> tuple[Any, str | None]:
+def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tuple[Any, str | None]:
     """Return (value, note). Strict mode wants JSON types; lenient undoes kohya's quirks."""
     key = option.key
     bad = ValueError(f"{key}: {raw!r} is not allowed, expected {option.allowed()}")
@@ -187,7 +230,8 @@ def _coerce(option: Option, raw: Any, lenient: bool) -> tuple[Any, str | None]:
         if isinstance(raw, bool):
             raise bad
         if lenient and isinstance(raw, str) and raw.strip() == "":
-            return option.default, f"{key}: empty in the file, the default {option.default!r} is used"
+            default = option.default if default is None else default
+            return default, f"{key}: empty in the file, the default {default!r} is used"
         number = raw
         if isinstance(raw, str) and lenient:
             try:

@@ -77,6 +77,7 @@ SCHEDULERS = (
     "cosine",
     "cosine_with_restarts",
     "polynomial",
+    "adafactor",
 )
 # kohya users' Adafactor arguments (a fixed learning rate instead of Adafactor's own).
 ADAFACTOR_ARGS = "relative_step=False scale_parameter=False warmup_init=False"
@@ -141,8 +142,12 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("optimizer", "str", "Adafactor", BASIC, "Optimizer", "The optimizer.",
       choices=OPTIMIZERS),
     O("optimizer_args", "str", ADAFACTOR_ARGS, BASIC, "Optimizer extra arguments",
-      "Space-separated key=value pairs, e.g. relative_step=False scale_parameter=False."),
-    O("lr_scheduler", "str", "constant", BASIC, "LR scheduler", "Learning-rate schedule.",
+      "Space-separated key=value pairs passed to the optimizer, e.g. relative_step=False "
+      "scale_parameter=False. Adafactor without relative_step=False sets its own step size "
+      "(sd-scripts' default): the learning rate is then only the start of its schedule."),
+    O("lr_scheduler", "str", "constant", BASIC, "LR scheduler",
+      "Learning-rate schedule. 'adafactor' is Adafactor's own (relative_step=True), which "
+      "Adafactor with relative_step=True always uses, as in sd-scripts.",
       choices=SCHEDULERS, metadata="ss_lr_scheduler"),
     O("lr_warmup", "float", 0.0, BASIC, "LR warmup (% of steps)",
       "Warmup as a percentage of all steps; used when LR warmup steps is 0.",
@@ -158,12 +163,15 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("unet_lr", "float", 1e-4, BASIC, "Unet learning rate",
       "Learning rate of the transformer LoRA; 0 = use Learning rate.", minimum=0, maximum=1, metadata="ss_unet_lr"),
     O("text_encoder_lr", "float", 1e-4, BASIC, "Text encoder learning rate",
-      "Kept for kohya_ss compatibility: FluxLoRA trains the transformer only (the text "
-      "encoders stay frozen), so this value does not change training.", minimum=0, maximum=1),
+      "Above 0: a LoRA on CLIP-L trains too, at this rate (as sd-scripts does; the file then "
+      "holds lora_te1_* layers, which ComfyUI applies with strength_clip). CLIP-L then stays "
+      "loaded for the run and T5's outputs are still cached. 0: the transformer only.",
+      minimum=0, maximum=1, metadata="ss_text_encoder_lr"),
     O("network_dim", "int", 64, BASIC, "Network rank (dim)", "LoRA rank.", minimum=1,
       maximum=1024, metadata="ss_network_dim"),
     O("network_alpha", "float", 64.0, BASIC, "Network alpha",
-      "LoRA alpha; the update is scaled by alpha / rank.", minimum=0, maximum=1024, metadata="ss_network_alpha"),
+      "LoRA alpha; the update is scaled by alpha / rank. 0 means alpha = rank (scale 1), "
+      "as in sd-scripts.", minimum=0, maximum=1024, metadata="ss_network_alpha"),
     O("network_weights", "file", "", BASIC, "Start from LoRA",
       "Optional LoRA file to start from (ours, sd-scripts' or diffusers layout)."),
     O("max_resolution", "str", "768,768", BASIC, "Max resolution",
@@ -174,6 +182,11 @@ OPTIONS_TABLE: tuple[Option, ...] = (
       "Smallest bucket side in pixels.", minimum=64, maximum=8192),
     O("max_bucket_reso", "int", 2048, BASIC, "Maximum bucket resolution",
       "Largest bucket side in pixels.", minimum=64, maximum=8192),
+    O("bucket_no_upscale", "bool", True, BASIC, "Don't upscale bucket resolution",
+      "On (kohya_ss's default): an image within the max resolution's area keeps its size and "
+      "is only cropped to the bucket steps (min/max bucket resolution do not apply); a larger "
+      "one is scaled down to that area. Off: every image is scaled to the bucket of its "
+      "aspect ratio, small images upscaled."),
     # --- Parameters / Basic / Flux.1 ---------------------------------------------------
     O("fp8_base", "bool", True, FLUX, "fp8 base",
       "Store the frozen base model in float8 and compute in bf16.", metadata="ss_fp8_base"),
@@ -198,7 +211,8 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("t5xxl_max_token_length", "int", 512, FLUX, "T5 max tokens",
       "T5 sequence length: 512 for dev, 256 for schnell.", minimum=16, maximum=512),
     O("apply_t5_attn_mask", "bool", False, FLUX, "Apply T5 attention mask",
-      "Mask T5 padding tokens in the transformer's attention."),
+      "Mask T5 padding tokens, in T5's own attention and in the transformer's.",
+      metadata="ss_apply_t5_attn_mask"),
     O("train_blocks", "str", "all", FLUX, "Train blocks",
       "Which transformer blocks get LoRA layers.", choices=("all", "single", "double"), metadata="ss_train_blocks"),
     O("blocks_to_swap", "int", 0, FLUX, "Blocks to swap",

@@ -35,6 +35,10 @@ def check_ready(values: dict) -> list[str]:
     problems = validate_values(values)
     if problems:
         return problems
+    from engine.training.buckets import bucket_problems
+    from engine.training.optim import optimizer_problems
+
+    problems += optimizer_problems(values) + bucket_problems(values)
     if values["bucket_reso_steps"] % 16:
         problems.append(f"bucket_reso_steps: {values['bucket_reso_steps']} is not allowed; use a multiple of 16 "
                         "(FLUX packs 2x2 latents of 8 pixels), such as 64")

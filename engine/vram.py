@@ -27,7 +27,8 @@ The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16,
   recomputed at a time, plus a backward working set of about 8 w c per token (the gradient of
   the widest intermediate, a single block's 7 w fused projection, and of the block output);
   without checkpointing every block keeps its saved tensors.
-- text encoders and VAE: when their outputs are not cached, or `highvram` keeps them.
+- text encoders and VAE: when their outputs are not cached, or `highvram` keeps them; CLIP-L
+  always when the text encoder learning rate is above 0 (it trains a LoRA, with its state).
 - CUDA context: 0.45 GiB outside PyTorch's allocator (driver, kernels; varies by driver and card).
 - workspace + allocator slack: cuBLAS workspaces and fragmentation, 64 MiB + 5% of the tensors.
 These are estimates; `benchmarks/gpu_12gb.py` measures the real peak on a GPU and compares.
@@ -115,6 +116,27 @@ def block_lora_counts(arch: FluxArchitecture, rank: int) -> tuple[int, int]:
     return lora_parameter_count(one, rank, "double")[0], lora_parameter_count(one, rank, "single")[0]
 
 
+CLIP_L_LAYERS, CLIP_L_WIDTH, CLIP_L_MLP, CLIP_L_TOKENS = 12, 768, 3072, 77
+
+
+def clip_lora_shapes(rank: int) -> list[tuple[int, int]]:
+    """(rows, cols) of every CLIP-L LoRA matrix: q/k/v/out_proj, fc1, fc2 of each encoder layer."""
+    w, mlp = CLIP_L_WIDTH, CLIP_L_MLP
+    layers = [(w, w)] * 4 + [(w, mlp), (mlp, w)]
+    return [shape for fan_in, fan_out in layers * CLIP_L_LAYERS for shape in ((rank, fan_in), (fan_out, rank))]
+
+
+def _clip_lora_bytes(values: dict, lora_bytes: int, compute: int) -> int:
+    """CLIP-L kept on the GPU with its LoRA, gradients, optimizer state and (small) activations."""
+    shapes = clip_lora_shapes(values["network_dim"])
+    count = sum(rows * cols for rows, cols in shapes)
+    state = optimizer_state_bytes(values["optimizer"], values["optimizer_args"], shapes, lora_bytes)
+    # Per token and layer roughly: attention inputs/outputs and the MLP's hidden activations.
+    activations = (CLIP_L_TOKENS * values["train_batch_size"] * CLIP_L_LAYERS
+                   * (8 * CLIP_L_WIDTH + 2 * CLIP_L_MLP) * compute)
+    return CLIP_L_BYTES_BF16 + 2 * lora_bytes * count + state + activations
+
+
 def resolve_architecture(values: dict, arch_name: str | None = None) -> tuple[FluxArchitecture, str]:
     model = values.get("pretrained_model_name_or_path", "")
     if model and Path(model).is_file():
@@ -169,12 +191,15 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     blocks += [dict(stored=stored, swapped=i >= arch.num_single - single, cast=compute * cast if fp8 else 0,
                     lora=lora_single if train in ("all", "single") else 0, saved=saved_single * tokens)
                for i, (stored, cast) in enumerate(zip(weights.single, weights.fp8_params[arch.num_double:]))]
+    train_clip = values["text_encoder_lr"] > 0  # CLIP-L trains a LoRA too and stays on the GPU
+    extra = {"CLIP-L with its LoRA (trained)": _clip_lora_bytes(values, lora_bytes, compute)} if train_clip else {}
     encoders = 0
     if values["highvram"] or not values["flux1_cache_text_encoder_outputs"]:
-        encoders += T5_XXL_BYTES_BF16 + CLIP_L_BYTES_BF16
+        encoders += T5_XXL_BYTES_BF16 + (0 if train_clip else CLIP_L_BYTES_BF16)
     if values["highvram"] or not values["cache_latents"]:
         encoders += FLUX_VAE_BYTES_BF16
-    phases = timeline(blocks, weights.rest, lora_bytes, state, encoders, tokens, arch.width, compute, checkpointing)
+    phases = timeline(blocks, weights.rest, lora_bytes, state, encoders, tokens, arch.width, compute, checkpointing,
+                      extra)
     count = sum(block["lora"] for block in blocks)
     estimate.host = host_ram_phases(
         values, arch.mlp_hidden * arch.width * (1 if fp8 else compute), sum(b["stored"] for b in blocks if b["swapped"]),

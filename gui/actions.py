@@ -16,6 +16,25 @@ def _escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
 
 
+def load_report(result) -> str:
+    """What loading a file did: for a kohya_ss config its groups, the one that changes training first."""
+    from engine.preset import UNSUPPORTED_TITLE
+
+    parts = []
+    for title, items in result.groups():
+        listed = "\n".join(f"- {_escape(item)}" for item in items)
+        if title == UNSUPPORTED_TITLE:
+            parts.append(f"### ⚠ {title}\nkohya would train differently with these; FluxLoRA cannot. Remove them "
+                         f"from the config or accept the difference.\n\n{listed}")
+        elif title.startswith("Used as is"):
+            parts.append(f"<details><summary>{title}</summary>\n\n{_escape(', '.join(items))}\n\n</details>")
+        else:
+            parts.append(f"**{title}:**\n\n{listed}")
+    if result.notes:
+        parts.append("\n".join(f"- {_escape(note)}" for note in result.notes))
+    return "\n\n".join(parts)
+
+
 # ---- dataset preparation ---------------------------------------------------------------
 def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, dict | None]:
     from engine.dataset.layout import DatasetError
@@ -57,28 +76,36 @@ def copy_info(values: dict) -> tuple[dict | None, str]:
 
 
 # ---- utilities -------------------------------------------------------------------------
-def fix_state(folder: str, steps, values: dict, dry_run: bool) -> str:
-    from engine.train_state import StateError, fix_train_state
+def fix_state(folder: str, steps, values: dict, dry_run: bool, true_step=None) -> str:
+    from engine.train_state import AmbiguousState, StateError, fix_train_state
 
     if not (folder or "").strip():
         return "**Give the state folder.**"
     try:
-        steps = int(steps or 0)
-        if steps <= 0:
+        steps, given = int(steps or 0), int(true_step or 0) or None
+        if steps <= 0 and given is None:
             from engine.training.data import steps_per_epoch_for
 
-            steps = steps_per_epoch_for(values)
-        report = fix_train_state(folder.strip(), steps, dry_run=dry_run)
+            steps = steps_per_epoch_for(values) if (values.get("train_data_dir") or "").strip() else 0
+        report = fix_train_state(folder.strip(), steps or None, dry_run=dry_run, step=given)
+    except AmbiguousState as exc:
+        return f"**The file cannot tell its true step.** {_escape(str(exc))}. Fill in **True step** and preview again."
     except (StateError, ValueError, OSError) as exc:
         return f"**Cannot repair:** {_escape(str(exc))}"
     before, after = report.before, report.after
-    table = ("| | current_epoch | current_step |\n|---|---|---|\n"
-             f"| before | {before.current_epoch} | {before.current_step} |\n"
-             f"| after | {after.current_epoch} | {after.current_step} |")
+    # Both rows in kohya's terms: the epoch in progress, 1-based (our files count completed ones).
+    def epoch(state, kohya_wrote: bool):
+        spe = state.steps_per_epoch
+        return state.current_epoch if kohya_wrote or not spe else -(-state.current_step // spe)
+
+    table = ("| | current_epoch (in progress) | current_step |\n|---|---|---|\n"
+             f"| before | {epoch(before, report.kind != 'ours')} | {before.current_step} |\n"
+             f"| after | {epoch(after, not report.changed and report.kind != 'ours')} | {after.current_step} |")
     if not report.changed:
         verdict = f"Nothing to repair: {_escape(report.reason)}."
     elif dry_run:
-        verdict = f"Would repair ({steps} steps per epoch): {_escape(report.reason)}. Press Repair to write it."
+        per_epoch = f" ({report.after.steps_per_epoch} steps per epoch)" if report.after.steps_per_epoch else ""
+        verdict = f"Would repair{per_epoch}: {_escape(report.reason)}. Press Repair to write it."
     else:
         verdict = f"Repaired: {_escape(report.reason)}. The original is `train_state.json.bak`."
     return f"{verdict}\n\n{table}"

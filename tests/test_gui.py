@@ -184,6 +184,21 @@ def test_kohya_state_repair_shows_before_and_after(page, tmp_path):
     assert json.loads((state / "train_state.json").read_text())["current_step"] == 250
     assert json.loads((state / "train_state.json.bak").read_text())["current_step"] == 100
     page.screenshot(path=str(tmp_path / "state-repaired.png"), full_page=True)
+    page.locator("#fix-apply").click()  # a second Repair leaves it alone
+    page.wait_for_function("document.querySelector('#fix-status').innerText.includes('Nothing to repair')")
+    assert "already repaired" in page.locator("#fix-status").inner_text()
+    # A file that cannot tell its step asks for it, and takes the answer.
+    unclear = tmp_path / "x-state"
+    unclear.mkdir()
+    (unclear / "train_state.json").write_text('{"current_epoch": 1, "current_step": 0}')
+    page.locator("#fix-dir input").fill(str(unclear))
+    page.locator("#fix-preview").click()
+    page.wait_for_function("document.querySelector('#fix-status').innerText.includes('cannot tell')")
+    assert "Fill in True step" in page.locator("#fix-status").inner_text()
+    page.locator("#fix-true-step input").fill("7")
+    page.locator("#fix-apply").click()
+    page.wait_for_function("document.querySelector('#fix-status').innerText.includes('Repaired')")
+    assert json.loads((unclear / "train_state.json").read_text())["current_step"] == 7
 
 
 def test_save_reload_and_load_give_identical_values(page, tmp_path):
@@ -241,12 +256,24 @@ def test_blocks_to_swap_takes_auto_and_the_estimate_says_when_it_is_chosen(page,
 def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):
     config = tmp_path / "kohya.json"
     config.write_text(json.dumps({"LoRA_type": "Flux1", "flux1_checkbox": True, "epoch": "12", "clip_skip": 1,
-                                  "output_name": "from_kohya", "network_dim": 32}))
+                                  "output_name": "from_kohya", "network_dim": 32, "fp8_base": False,
+                                  "train_t5xxl": True, "max_train_epochs": 20,
+                                  "caption_extension": ".txt"}))  # kohya_ss always writes it; later tests tag .txt
     message = load_through_page(page, config)
     assert "Loaded kohya_ss config" in message
-    assert "Not used by FluxLoRA: clip_skip, flux1_checkbox (FluxLoRA always trains FLUX.1)" in message
+    warning = page.locator("#config-status h3").first
+    assert warning.inner_text() == "⚠ Changes training in kohya, not supported here" and warning.is_visible()
+    assert "train_t5xxl = True: kohya trains a T5-XXL LoRA too; FluxLoRA keeps T5 frozen" in message
+    assert "Reinterpreted (the value FluxLoRA uses):" in message
+    assert "max_train_epochs = 20: epoch 20 and max_train_steps 0" in message
+    assert "fp8_base_unet = False: not in the file; kohya's default" in message
+    assert "Not used by FluxLoRA (no effect on training):" in message
+    assert "clip_skip, flux1_checkbox (FluxLoRA always trains FLUX.1)" in message
     assert "epoch: '12' read as 12" in message
     assert field(page, "output_name").input_value() == "from_kohya"
+    assert field(page, "epoch").input_value() == "20"
+    assert field(page, "fp8_base_unet").is_checked() is False
+    page.screenshot(path=str(tmp_path / "kohya-config-report.png"), full_page=True)
     bad = tmp_path / "bad.json"
     bad.write_text('{"epoch": 0}')
     assert "epoch: 0 is not allowed" in load_through_page(page, bad)

@@ -158,6 +158,16 @@ def lora_model(tmp_path, rank=4, alpha=2.0, train_blocks="all", seed=0):
     return model
 
 
+def per_module_adapters(model):
+    """(diffusers module path, its lora_A, its lora_B) as diffusers-layout files hold them:
+    fused layers split into their parts, each part with a copy of the shared down."""
+    for paths in model._fluxlora_layers.values():
+        for module_path in paths:
+            module = model.get_submodule(module_path)
+            yield (module_path, module.lora_A["default"].weight.detach().clone(),
+                   module.lora_B["default"].weight.detach().clone())
+
+
 def assert_loads_exactly(model, path, tmp_path, **fresh_settings):
     """A fresh model with other random adapters, loaded from `path`, computes what `model` does."""
     fresh = lora_model(tmp_path, **fresh_settings)
@@ -223,12 +233,13 @@ def test_fp16_save_and_mismatched_rank_is_a_clear_error(tmp_path):
 
 def test_diffusers_peft_layout_loads_exactly(tmp_path):
     model = lora_model(tmp_path)
-    from peft.utils import get_peft_model_state_dict
-
     # diffusers files carry no alpha: their scale is 1, so the alpha/rank scale is baked into B.
+    # They hold one lora_A/lora_B pair per diffusers module (fused layers split into parts).
     scale = 2.0 / 4
-    peft_state = {"transformer." + k: v.clone() * (scale if ".lora_B." in k else 1.0)
-                  for k, v in get_peft_model_state_dict(model).items()}
+    peft_state = {}
+    for module_path, down, up in per_module_adapters(model):
+        peft_state[f"transformer.{module_path}.lora_A.weight"] = down
+        peft_state[f"transformer.{module_path}.lora_B.weight"] = up * scale
     path = tmp_path / "peft.safetensors"
     save_file(peft_state, str(path))
     assert_loads_exactly(model, path, tmp_path, seed=3)
@@ -244,15 +255,17 @@ def test_diffusers_kohya_converter_accepts_our_file_at_flux_dev_width(tmp_path):
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config(FLUX1_DEV.diffusers_config())
     add_lora(model, rank=1, alpha=1.0)
-    for module in model.modules():  # materialise only the rank-1 adapters
-        if hasattr(module, "lora_A") and "default" in module.lora_A:
-            for layer in (module.lora_A["default"], module.lora_B["default"]):
-                layer.to_empty(device="cpu")
-                torch.nn.init.normal_(layer.weight)
-    for modules in model._fluxlora_layers.values():  # re-tie after to_empty
-        first = model.get_submodule(modules[0])
-        for path in modules[1:]:
-            model.get_submodule(path).lora_A["default"].weight = first.lora_A["default"].weight
+    # Materialise only the rank-1 adapters; swapping keeps the shared (fused) parameters shared.
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        for module in model.modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                module.lora_A["default"].to_empty(device="cpu")
+                module.lora_B["default"].to_empty(device="cpu")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    for parameter in lora_parameters(model):
+        torch.nn.init.normal_(parameter)
     path = tmp_path / "dev-rank1.safetensors"
     save_lora(model, path, precision="float", mem_eff=True)
     from safetensors.torch import load_file
@@ -302,14 +315,11 @@ def test_bfl_names_with_peft_suffixes_load_exactly(tmp_path):
 
 
 def test_kohya_suffixes_on_diffusers_names_load_exactly(tmp_path):
-    from peft.utils import get_peft_model_state_dict
-
     model = lora_model(tmp_path, rank=4, alpha=8.0)
     state = {}
-    for key, tensor in get_peft_model_state_dict(model).items():
-        module, suffix = key.rsplit(".lora_", 1)
-        flat = "lora_transformer_" + module.replace(".", "_")
-        state[f"{flat}.lora_{'down' if suffix.startswith('A') else 'up'}.weight"] = tensor.clone()
+    for module_path, down, up in per_module_adapters(model):
+        flat = "lora_transformer_" + module_path.replace(".", "_")
+        state[f"{flat}.lora_down.weight"], state[f"{flat}.lora_up.weight"] = down, up
         state[f"{flat}.alpha"] = torch.tensor(8.0)
     path = tmp_path / "lora-transformer.safetensors"
     save_file(state, str(path))

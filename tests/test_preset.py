@@ -219,11 +219,81 @@ def test_kohya_flux_config_imports_with_values_and_unused_keys(tmp_path):
     unused = sorted(set(KOHYA_FLUX_CONFIG) - set(OPTIONS))  # whatever the schema does not declare
     assert {"xformers", "sdxl", "additional_parameters"} <= set(unused)
     assert load_preset(source).unknown_keys == unused
-    assert "note: Not used by FluxLoRA: additional_parameters, clip_skip" in result.stderr
+    assert "note: Not used by FluxLoRA (no effect on training):\nnote:   - additional_parameters, clip_skip" in result.stderr
     assert "xformers (FluxLoRA always uses PyTorch SDPA attention)" in result.stderr
+    assert "Changes training in kohya" not in result.stderr  # nothing in this config does
+    assert ("note: Reinterpreted (the value FluxLoRA uses):\nnote:   - save_state_on_train_end = False: not in the "
+            "file; kohya's default (FluxLoRA's recipe would use True)\n") in result.stderr
+    assert "note: Used as is (" in result.stderr
     assert "note: seed: empty in the file, the default 42 is used" in result.stderr
     assert "note: blocks_to_swap: '16' read as 16" in result.stderr
     assert "note: full_bf16: 'False' read as false" in result.stderr
+
+
+def test_kohya_config_missing_keys_take_kohyas_defaults_not_our_recipe():
+    result = parse_preset({"LoRA_type": "Flux1", "fp8_base": False, "caption_extension": ""})
+    values = result.values
+    assert (values["fp8_base"], values["fp8_base_unet"], values["timestep_sampling"], values["model_prediction_type"],
+            values["guidance_scale"], values["max_grad_norm"], values["caption_extension"]) == (
+        False, False, "sigma", "sigma_scaled", 3.5, 1.0, ".caption")
+    assert ("fp8_base_unet = False: not in the file; kohya's default (FluxLoRA's recipe would use True)"
+            in result.reinterpreted)
+    assert ("caption_extension = '.caption': empty in the file, which sd-scripts reads as its default '.caption'"
+            in result.reinterpreted)
+    assert "caption_extension" not in result.used_as_is() and "fp8_base" in result.used_as_is()
+    # Our own presets keep our defaults for missing keys.
+    ours = parse_preset({"preset_version": 1, "fp8_base": False}).values
+    assert (ours["fp8_base_unet"], ours["timestep_sampling"]) == (True, "sigmoid")
+
+
+def test_kohya_keys_that_change_training_are_applied_or_reported():
+    config = dict(KOHYA_FLUX_CONFIG, max_train_epochs="20", split_mode=True, blocks_to_swap=0,
+                  double_blocks_to_swap=6, single_blocks_to_swap=9, train_t5xxl=True, in_dims="[4,0,0,0,4]",
+                  img_attn_dim="8", train_double_block_indices="0-3", noise_offset=0.05,
+                  sample_prompts="ohwx man --w 512", loraplus_lr_ratio=0, shuffle_caption=False,
+                  prior_loss_weight="1", loss_type="l2", network_dropout="0", flip_aug="False")
+    result = parse_preset(config)
+    values = result.values
+    assert (values["epoch"], values["max_train_steps"], values["train_blocks"], values["blocks_to_swap"]) == (
+        20, 0, "single", 11)
+    assert result.reinterpreted[:4] == [
+        "noise_offset = 0.05: sd-scripts does not apply noise_offset to FLUX; neither does FluxLoRA (same result)",
+        "max_train_epochs = 20: epoch 20 and max_train_steps 0 (in sd-scripts max_train_epochs overrides epoch "
+        "and max_train_steps)",
+        "split_mode = true: train_blocks 'single' (kohya_ss then trains the single blocks only); use "
+        "blocks_to_swap to save memory",
+        "double_blocks_to_swap = 6, single_blocks_to_swap = 9: blocks_to_swap 11 (about the same memory; the LoRA "
+        "is the same)",
+    ]
+    assert result.reinterpreted[4] == ("save_state_on_train_end = False: not in the file; kohya's default "
+                                       "(FluxLoRA's recipe would use True)")
+    assert result.reinterpreted[5].startswith("not in the file, FluxLoRA's recipe value used: save_every_n_steps 0, lr_scheduler_num_cycles 1, ")
+    assert len(result.reinterpreted) == 6
+    assert [line.split(" = ")[0] for line in result.unsupported] == [
+        "train_t5xxl", "img_attn_dim", "in_dims", "train_double_block_indices", "sample_prompts"]
+    assert result.unsupported[0] == "train_t5xxl = True: kohya trains a T5-XXL LoRA too; FluxLoRA keeps T5 frozen"
+    # Set keys are never listed as "not used"; off ones (loraplus 0, shuffle_caption false) are.
+    for key in ("max_train_epochs", "split_mode", "train_t5xxl", "in_dims", "noise_offset", "sample_prompts"):
+        assert key not in result.unknown_keys
+    assert {"loraplus_lr_ratio", "shuffle_caption", "prior_loss_weight", "loss_type", "network_dropout",
+            "flip_aug"} <= set(result.unknown_keys)
+    assert "epoch" not in result.used_as_is() and "blocks_to_swap" not in result.used_as_is()
+    titles = [title for title, _ in result.groups()]
+    assert titles[:3] == ["Changes training in kohya, not supported here", "Reinterpreted (the value FluxLoRA uses)",
+                          "Not used by FluxLoRA (no effect on training)"]
+    assert titles[3].startswith("Used as is (")
+
+
+def test_kohya_seed_0_is_reported_as_kohya_means_random():
+    result = parse_preset(dict(KOHYA_FLUX_CONFIG, seed="0"))
+    assert result.values["seed"] == 0 and "seed" not in result.used_as_is()
+    assert result.reinterpreted[0].startswith("seed = 0: kohya_ss then lets sd-scripts pick a random seed")
+
+
+def test_kohya_chroma_config_is_refused():
+    with pytest.raises(PresetError, match="model_type: 'chroma' is a FLUX variant FluxLoRA does not train"):
+        parse_preset(dict(KOHYA_FLUX_CONFIG, model_type="chroma"))
+    assert parse_preset(dict(KOHYA_FLUX_CONFIG, model_type="flux")).unknown_keys.count("model_type") == 1
 
 
 def test_kohya_config_for_sdxl_is_refused():

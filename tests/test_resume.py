@@ -166,6 +166,39 @@ def test_kohya_state_is_repaired_on_resume_with_backup(tiny_model_files, tmp_pat
     assert any("continuing with a fresh optimizer state" in w for w in warnings)
 
 
+def test_mid_epoch_kohya_state_of_a_second_run_continues_at_its_true_step(tiny_model_files, tmp_path):
+    # sd-scripts' run 2 (resumed after epoch 1) saved at its step 18, mid-epoch 3: (3, 18) at 10 steps per
+    # epoch is step 28. Read as completed epochs it was 38, beyond epoch 3: "already trained", nothing ran.
+    first = values_for(tiny_model_files, tmp_path / "first", epoch=1)
+    train(first)
+    kohya = tmp_path / "kohya" / "run2-step00000018-state"
+    kohya.mkdir(parents=True)
+    save_file(load_file(str(Path(first["output_dir"]) / "tiny.safetensors")), str(kohya / "model.safetensors"))
+    (kohya / "train_state.json").write_text(json.dumps({"current_epoch": 3, "current_step": 18}))
+    events = []
+    result = train(values_for(tiny_model_files, tmp_path / "second", epoch=3, resume=str(kohya)),
+                   on_event=events.append)
+    assert (result.status, result.steps, result.epoch) == ("completed", 30, 3)
+    trained = [e.done for e in events if getattr(e, "phase", None) == "training"]
+    assert trained == [29, 30]
+    assert read_train_state(kohya).current_step == 28
+
+
+def test_ambiguous_kohya_state_is_refused_before_loading(tiny_model_files, tmp_path):
+    kohya = tmp_path / "kohya" / "x-state"
+    kohya.mkdir(parents=True)
+    (kohya / "train_state.json").write_text(json.dumps({"current_epoch": 1, "current_step": 0}))
+    events = []
+    result = train(values_for(tiny_model_files, tmp_path / "run", epoch=2, resume=str(kohya)), on_event=events.append)
+    assert result.status == "failed"
+    assert result.message.startswith(f"resume: {kohya}: current_step is 0")
+    assert "give the true step (fluxlora fix-state FOLDER --step N" in result.message
+    logged = [e.text for e in events if isinstance(e, Log)]
+    assert any("steps per epoch" in text for text in logged)  # the dataset was read ...
+    assert not any("loading" in text for text in logged)  # ... but no model was loaded
+    assert json.loads((kohya / "train_state.json").read_text()) == {"current_epoch": 1, "current_step": 0}
+
+
 def test_gradient_accumulation_counts_optimizer_steps(tiny_model_files, tmp_path):
     values = values_for(tiny_model_files, tmp_path, epoch=2, gradient_accumulation_steps=2)
     assert train(values).steps == 10

@@ -42,7 +42,8 @@ def test_breakdown_sums_to_the_total():
     assert estimate.total == sum(estimate.parts.values())
     assert list(estimate.parts) == ["base weights resident", "streamed blocks", "compute copies of fp8 weights",
                                     "LoRA weights + gradients", "optimizer state", "activations",
-                                    "text encoders + VAE", "workspace + allocator slack", "CUDA context"]
+                                    "CLIP-L with its LoRA (trained)", "text encoders + VAE",
+                                    "workspace + allocator slack", "CUDA context"]
     assert estimate.parts["text encoders + VAE"] == 0  # cached and highvram off
     # The peak is in the backward pass, by the timeline (engine.memory_phases): LoRA gradients of
     # the blocks already done, not all of them; at the optimizer step every gradient exists.

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 def run_validate(args) -> int:
     result = load_preset(args.file)
-    for line in result.warnings():
+    for line in result.report_lines():
         print(f"warning: {line}", file=sys.stderr)
     kind = "kohya_ss config" if result.format == KOHYA_SS else "preset"
     print(f"{args.file}: valid {kind}")
@@ -32,7 +32,7 @@ def run_validate(args) -> int:
 
 def run_import(args) -> int:
     result = import_kohya(args.source, args.destination)
-    for line in result.warnings():
+    for line in result.report_lines():
         print(f"note: {line}", file=sys.stderr)
     print(f"wrote {args.destination}")
     return 0

@@ -27,8 +27,8 @@ def run(args) -> int:
     from engine.trainer import check_ready, continue_from_latest_state, train
 
     loaded = load_preset(args.preset)
-    for line in loaded.warnings():
-        print(f"warning: {line}", file=sys.stderr)
+    for line in loaded.report_lines():
+        print(f"note: {line}", file=sys.stderr)
     values = apply_overrides(loaded.values, args.set)
     if args.continue_run:
         try:

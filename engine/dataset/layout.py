@@ -36,9 +36,12 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_caption(path: str | Path) -> str:
-    """Caption text: BOM, CRLF and surrounding whitespace removed; lines joined by spaces."""
+def read_caption(path: str | Path, first_line: bool = False) -> str:
+    """Caption text: BOM, CRLF and surrounding whitespace removed; lines joined by spaces, or
+    with first_line only the first line (what sd-scripts trains on)."""
     text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    if first_line:
+        return text.splitlines()[0].strip() if text.splitlines() else ""
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -66,19 +69,30 @@ def scan_train_dir(train_data_dir: str | Path, caption_extension: str = ".txt", 
         hint = " (it holds images directly: put them in a subfolder such as 10_ohwx man)" if any(
             is_image(p) for p in root.iterdir()) else ""
         raise DatasetError(f"{key}: no N_name folders (such as 10_ohwx man) in {root}{hint}")
-    items = []
+    items, empty = [], []
     for folder in folders:
         for image in sorted(p for p in folder.path.iterdir() if is_image(p)):
             caption_path = image.with_suffix(caption_extension)
             if caption_path.is_file():
-                caption = read_caption(caption_path)
+                caption = read_caption(caption_path, first_line=True)
+                if not caption:
+                    empty.append(caption_path)
             else:
                 caption_path, caption = None, folder.name
-            items.append(ImageItem(image, caption_path, caption or folder.name, folder.repeats, folder))
+            items.append(ImageItem(image, caption_path, caption, folder.repeats, folder))
+    if empty:
+        raise DatasetError(_empty_captions_message(key, empty))
     if not items:
         names = ", ".join(f.path.name for f in folders)
         raise DatasetError(f"{key}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {names} under {root}")
     return items
+
+
+def _empty_captions_message(key: str, paths: list[Path]) -> str:
+    shown = "; ".join(str(path) for path in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return (f"{key}: empty caption file{'s' if len(paths) > 1 else ''} {shown}. Only the first line of a caption "
+            "file is trained on (as in sd-scripts); write the caption there, or delete the file to use the "
+            "folder's name")
 
 
 def count_steps(items: list[ImageItem], batch_size: int, gradient_accumulation_steps: int = 1) -> tuple[int, int]:

@@ -2,9 +2,12 @@
 
 sd-scripts trains BFL's fused layers (double-block `qkv`, single-block `linear1`) as one LoRA
 each: one down matrix, one tall up matrix. diffusers splits those layers into `to_q`, `to_k`,
-`to_v` (and `proj_mlp`), so we give the split layers one *shared* lora_A parameter and
-separate lora_B's: mathematically the fused LoRA, saved exactly as sd-scripts saves it.
-The kohya key mapping is ours (diffusers' converter hard-codes FLUX.1's widths).
+`to_v` (and `proj_mlp`), so the split layers share one lora_A parameter, and their lora_B
+weights are row views (torch.nn.utils.parametrize) of one fused up parameter. The optimizer
+therefore sees exactly sd-scripts' tensors, one [rank, in] down and one [out, rank] up per
+layer (Adafactor's factored second moment is per tensor, so splitting up would change its
+steps), and peft still runs the forward. The kohya key mapping is ours (diffusers' converter
+hard-codes FLUX.1's widths).
 """
 
 from __future__ import annotations
@@ -54,66 +57,134 @@ def lora_layers(transformer, train_blocks: str = "all") -> dict[str, tuple[str, 
     return layers
 
 
-def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all") -> None:
-    """Attach fp32 LoRA adapters (peft) to the sd-scripts layers; fused layers share lora_A."""
+def add_lora(transformer, rank: int, alpha: float, train_blocks: str = "all", ranks=None) -> None:
+    """Attach fp32 LoRA adapters (peft) to the sd-scripts layers, each fused layer as one
+    down and one up parameter. alpha 0 means alpha = rank (scale 1), as in sd-scripts.
+    `ranks` (engine.models.lora_ranks.LayerRanks, read from a file): exactly the file's layers at
+    its ranks and alphas, input layers included, as sd-scripts' dim_from_weights."""
     from peft import LoraConfig
 
+    alpha = effective_alpha(alpha, rank)
     layers = lora_layers(transformer, train_blocks)
+    patterns: dict = {}
+    if ranks is not None:
+        layers, patterns = _file_layers_and_patterns(transformer, layers, ranks)
     targets = [module for modules in layers.values() for module in modules]
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=targets, **patterns)
     transformer.add_adapter(config, adapter_name=ADAPTER)
     transformer._fluxlora_layers = layers
     modules = dict(transformer.named_modules())
     for paths in layers.values():
-        first = modules[paths[0]]
-        for path in paths:
-            lora = modules[path]
+        parts = [modules[path] for path in paths]
+        for lora in parts:
             lora.lora_A[ADAPTER].float()
             lora.lora_B[ADAPTER].float()
-            if path != paths[0]:
-                lora.lora_A[ADAPTER].weight = first.lora_A[ADAPTER].weight
+            lora.lora_A[ADAPTER].weight = parts[0].lora_A[ADAPTER].weight
+        if len(parts) > 1:
+            _fuse_up([lora.lora_B[ADAPTER] for lora in parts])
     for parameter in lora_parameters(transformer):
         parameter.requires_grad_(True)
 
 
-def _lora_modules(transformer):
-    layers = getattr(transformer, "_fluxlora_layers", None)
-    if layers is None:
-        raise ValueError("the transformer has no FluxLoRA adapters; call add_lora first")
-    modules = dict(transformer.named_modules())
-    return {name: [modules[path] for path in paths] for name, paths in layers.items()}
+def _file_layers_and_patterns(transformer, layers: dict, ranks) -> tuple[dict, dict]:
+    import re
+
+    from engine.models.lora_ranks import file_layers
+
+    layers = file_layers(transformer, layers, ranks)
+    patterns: dict = {"rank_pattern": {}, "alpha_pattern": {}}
+    for name, paths in layers.items():
+        rank, alpha = ranks.ranks[name]
+        for path in paths:  # escaped: peft matches these keys as regular expressions
+            patterns["rank_pattern"][re.escape(path)] = rank
+            patterns["alpha_pattern"][re.escape(path)] = effective_alpha(alpha, rank)
+    return layers, patterns
 
 
-def lora_parameters(transformer) -> list[torch.nn.Parameter]:
-    """Every trainable LoRA parameter once (shared lora_A's are not repeated)."""
-    seen, params = set(), []
-    for modules in _lora_modules(transformer).values():
-        for module in modules:
-            for parameter in (module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight):
-                if id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    params.append(parameter)
-    return params
+def effective_alpha(alpha: float, rank: int) -> float:
+    """sd-scripts' rule: network_alpha 0 (or none) means alpha = rank."""
+    return float(rank) if alpha is None or alpha == 0 else float(alpha)
 
 
-def lora_state_dict(transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+class _Rows(torch.nn.Module):
+    """A parametrization: this layer's weight is rows [start, stop) of the fused up matrix."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return fused[self.start:self.stop]
+
+
+def _fuse_up(ups: list[torch.nn.Linear]) -> None:
+    from torch.nn.utils import parametrize
+
+    fused = torch.nn.Parameter(torch.cat([up.weight.detach() for up in ups], dim=0))
+    start = 0
+    for up in ups:
+        stop = start + up.weight.shape[0]
+        parametrize.register_parametrization(up, "weight", _Rows(start, stop), unsafe=True)
+        up.parametrizations.weight.original = fused  # one parameter shared by all parts
+        start = stop
+
+
+def _up_parameter(modules) -> torch.nn.Parameter:
+    up = modules[0].lora_B[ADAPTER]
+    if len(modules) > 1:
+        return up.parametrizations.weight.original
+    return up.weight
+
+
+def _parts(models) -> list:
+    """A LoRA's models: the transformer alone, or (transformer, CLIP-L) when CLIP-L trains too."""
+    return [model for model in (models if isinstance(models, (tuple, list)) else (models,)) if model is not None]
+
+
+def _lora_modules(models):
+    found = {}
+    for model in _parts(models):
+        layers = getattr(model, "_fluxlora_layers", None)
+        if layers is None:
+            raise ValueError("the model has no FluxLoRA adapters; call add_lora first")
+        modules = dict(model.named_modules())
+        found.update({name: [modules[path] for path in paths] for name, paths in layers.items()})
+    return found
+
+
+def lora_named_parameters(models) -> dict[str, torch.nn.Parameter]:
+    """kohya tensor name -> trainable parameter (`NAME.lora_down.weight`, `NAME.lora_up.weight`),
+    layer by layer in the order the file lists them: exactly the tensors sd-scripts trains."""
+    named = {}
+    for name, modules in _lora_modules(models).items():
+        named[f"{name}.lora_down.weight"] = modules[0].lora_A[ADAPTER].weight
+        named[f"{name}.lora_up.weight"] = _up_parameter(modules)
+    return named
+
+
+def lora_parameters(models) -> list[torch.nn.Parameter]:
+    """Every trainable LoRA parameter once: one down and one up per kohya layer."""
+    return list(lora_named_parameters(models).values())
+
+
+def lora_state_dict(models, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The adapters in kohya's layout: down (shared A), up (B's stacked), alpha."""
-    return dict(_iter_kohya_tensors(transformer, dtype))
+    return dict(_iter_kohya_tensors(models, dtype))
 
 
-def _iter_kohya_tensors(transformer, dtype):
-    for name, modules in _lora_modules(transformer).items():
+def _iter_kohya_tensors(models, dtype):
+    for name, modules in _lora_modules(models).items():
         first = modules[0]
         rank = first.r[ADAPTER]
         alpha = first.lora_alpha[ADAPTER]
         down = first.lora_A[ADAPTER].weight.detach()
-        up = torch.cat([module.lora_B[ADAPTER].weight.detach() for module in modules], dim=0)
+        up = _up_parameter(modules).detach()
         yield f"{name}.lora_down.weight", down.to(dtype).contiguous()
         yield f"{name}.lora_up.weight", up.to(dtype).contiguous()
         yield f"{name}.alpha", torch.tensor(float(alpha) if rank else 0.0).to(dtype)
 
 
-def save_lora(transformer, path: str | Path, *, precision: str = "fp16", metadata: dict[str, str] | None = None,
+def save_lora(models, path: str | Path, *, precision: str = "fp16", metadata: dict[str, str] | None = None,
               mem_eff: bool = False) -> None:
     """Write the adapters as a kohya-layout .safetensors file, atomically.
 
@@ -124,22 +195,22 @@ def save_lora(transformer, path: str | Path, *, precision: str = "fp16", metadat
     metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     with atomic_path(path) as tmp:
         if mem_eff:
-            _stream_safetensors(tmp, transformer, dtype, metadata)
+            _stream_safetensors(tmp, models, dtype, metadata)
         else:
             from safetensors.torch import save_file
 
-            save_file(lora_state_dict(transformer, dtype), str(tmp), metadata=metadata)
+            save_file(lora_state_dict(models, dtype), str(tmp), metadata=metadata)
 
 
 _DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
 
-def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]) -> None:
+def _stream_safetensors(path: Path, models, dtype, metadata: dict[str, str]) -> None:
     size = torch.tensor([], dtype=dtype).element_size()
     header, offset, order = {}, 0, []
-    for name, modules in _lora_modules(transformer).items():  # shapes only, no tensors copied
+    for name, modules in _lora_modules(models).items():  # shapes only, no tensors copied
         down = modules[0].lora_A[ADAPTER].weight
-        up_rows = sum(module.lora_B[ADAPTER].weight.shape[0] for module in modules)
+        up_rows = _up_parameter(modules).shape[0]
         for key, shape in ((f"{name}.lora_down.weight", list(down.shape)),
                            (f"{name}.lora_up.weight", [up_rows, down.shape[0]]), (f"{name}.alpha", [])):
             count = 1
@@ -155,7 +226,7 @@ def _stream_safetensors(path: Path, transformer, dtype, metadata: dict[str, str]
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
-        for key, tensor in _iter_kohya_tensors(transformer, dtype):
+        for key, tensor in _iter_kohya_tensors(models, dtype):
             handle.write(_file_bytes(tensor))
 
 
@@ -169,7 +240,7 @@ def _file_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def load_lora(transformer, path: str | Path) -> None:
+def load_lora(models, path: str | Path) -> None:
     """Load a LoRA file into the adapters so they compute exactly what the file does.
 
     Layouts: ours / sd-scripts' (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`),
@@ -186,15 +257,12 @@ def load_lora(transformer, path: str | Path) -> None:
     path = Path(path)
     header = read_header(path, "a FLUX.1 LoRA file")
     names = list(header.tensors)
-    text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
-    if text_encoder:
-        raise ModelFileError(f"{path}: also trains a text encoder ({text_encoder[0]}); FluxLoRA trains the "
-                             "transformer only and cannot continue from it exactly")
+    _check_text_encoder_part(names, models, path)
     if not any(".lora_down." in name or ".lora_A." in name for name in names):
         raise ModelFileError(f"{path}: this looks like {describe(header.shapes())}; "
                              "expected a FLUX.1 LoRA (lora_unet_* or lora_A/lora_B tensors)")
-    layers = _file_layers(load_file(str(path)), transformer, path)
-    modules_by_name = _lora_modules(transformer)
+    layers = _file_layers(load_file(str(path)), _parts(models)[0], path)
+    modules_by_name = _lora_modules(models)
     unknown = sorted(set(layers) - set(modules_by_name))
     if unknown:
         raise ModelFileError(f"{path}: has layers this model lacks or does not train ({unknown[:3]}); "
@@ -202,8 +270,7 @@ def load_lora(transformer, path: str | Path) -> None:
     with torch.no_grad():
         for name, modules in modules_by_name.items():
             if name not in layers:
-                for module in modules:
-                    module.lora_B[ADAPTER].weight.zero_()
+                _up_parameter(modules).zero_()
                 continue
             down, up, file_alpha = layers[name]
             rank = modules[0].r[ADAPTER]
@@ -212,15 +279,28 @@ def load_lora(transformer, path: str | Path) -> None:
                                      f"network_dim to {down.shape[0]} to continue from this LoRA")
             # Without an alpha (diffusers convention) the scale is 1. A different alpha is
             # folded into lora_up, so the loaded LoRA computes exactly what the file does.
-            file_alpha = float(rank) if file_alpha is None else float(file_alpha.float())
+            file_alpha = effective_alpha(None if file_alpha is None else float(file_alpha.float()), rank)
             up = up.float() * (file_alpha / modules[0].lora_alpha[ADAPTER])
-            rows = [module.lora_B[ADAPTER].weight.shape[0] for module in modules]
-            if down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1] or up.shape[0] != sum(rows):
+            target_up = _up_parameter(modules)
+            if down.shape[1] != modules[0].lora_A[ADAPTER].weight.shape[1] or up.shape != target_up.shape:
                 raise ModelFileError(f"{path}: {name} has shapes {tuple(down.shape)}/{tuple(up.shape)}, which do "
                                      "not fit this model; is the LoRA for a different FLUX model?")
             modules[0].lora_A[ADAPTER].weight.copy_(down.float())
-            for module, part in zip(modules, torch.split(up, rows, dim=0)):
-                module.lora_B[ADAPTER].weight.copy_(part)
+            target_up.copy_(up)
+
+
+def _check_text_encoder_part(names: list[str], models, path: Path) -> None:
+    """A CLIP-L part (lora_te1_*) loads when CLIP-L trains too; any other text-encoder part is refused."""
+    text_encoder = [name for name in names if name.startswith(("lora_te", "text_encoder", "te1", "te2"))]
+    other = [name for name in text_encoder if not name.startswith("lora_te1_")]
+    if other:
+        raise ModelFileError(f"{path}: has a text-encoder part FluxLoRA does not train ({other[0]}); only "
+                             "CLIP-L parts in kohya's layout (lora_te1_*) can be continued")
+    trains_clip = any(name.startswith("lora_te1_") for model in _parts(models)
+                      for name in getattr(model, "_fluxlora_layers", {}))
+    if text_encoder and not trains_clip:
+        raise ModelFileError(f"{path}: also holds a CLIP-L LoRA ({text_encoder[0]}); set the text encoder "
+                             "learning rate above 0 to continue training it (at 0 only the transformer trains)")
 
 
 def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
@@ -231,7 +311,7 @@ def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
         return leftover.pop(key, None)
 
     # kohya names: ours and sd-scripts'.
-    for key in [k for k in state if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")]:
+    for key in [k for k in state if k.startswith(("lora_unet_", "lora_te1_")) and k.endswith(".lora_down.weight")]:
         name = key.removesuffix(".lora_down.weight")
         layers[name] = (take(key), take(f"{name}.lora_up.weight"), take(f"{name}.alpha"))
     # BFL names with peft suffixes: fused layers stay fused, so they map one to one.
@@ -255,7 +335,8 @@ def _file_layers(state: dict, transformer, path: Path) -> dict[str, tuple]:
                                  "them as one fused layer (as sd-scripts does) and cannot continue from this file")
         # Each part's alpha/rank scale is folded into its own rows of lora_up (scale 1 after).
         rank = downs[0].shape[0]
-        ups = [up.float() * ((rank if alpha is None else float(alpha)) / rank) for _, up, alpha in found]
+        ups = [up.float() * (effective_alpha(None if alpha is None else float(alpha), rank) / rank)
+               for _, up, alpha in found]
         layers[name] = (downs[0], torch.cat(ups, dim=0), None)
     if leftover:
         raise ModelFileError(f"{path}: tensors of no FLUX.1 LoRA layer ({sorted(leftover)[:3]}); expected a FLUX.1 "
@@ -304,6 +385,7 @@ def build_metadata(values: dict, *, epoch: int, steps: int, started_at: float,
         "ss_training_started_at": stamp(started_at),
         "ss_training_finished_at": stamp(finished_at),
         "ss_resolution": f"({values['max_resolution']})",
+        "ss_network_train_unet_only": str(values["text_encoder_lr"] == 0),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architecture,
         "modelspec.implementation": "https://github.com/black-forest-labs/flux",

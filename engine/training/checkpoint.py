@@ -10,8 +10,8 @@ from pathlib import Path
 
 from engine.events import SAVING
 from engine.fsutil import atomic_dir
-from engine.train_state import (RunRecord, StateError, TrainState, expected_step, fix_train_state, read_train_state,
-                                write_train_state)
+from engine.train_state import RunRecord, StateError, TrainState, fix_train_state, write_train_state
+from engine.training.kohya_resume import is_kohya_state, load_kohya_state
 from engine.training.reporting import RunReporter
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
@@ -32,38 +32,50 @@ def read_resume_state(resume_dir: Path | None, steps_per_epoch: int, reporter: R
     """The state to continue from (repaired when kohya's step counter was reset), or a fresh one."""
     if resume_dir is None:
         return TrainState(0, 0, steps_per_epoch, 0, [])
-    state = read_train_state(resume_dir)
-    if state.steps_per_epoch is not None and state.steps_per_epoch != steps_per_epoch:
-        raise StateError(
-            f"resume: {resume_dir.name} was trained at {state.steps_per_epoch} steps per epoch, this preset "
-            f"gives {steps_per_epoch}; the dataset, repeats, batch size or gradient accumulation changed. "
-            "Restore them, or start a new run without resume")
-    step, reason = expected_step(state, steps_per_epoch)
-    if step != state.current_step:
+    try:  # kohya's files get their true step (the original kept as .bak); ambiguous ones are refused
         report = fix_train_state(resume_dir, steps_per_epoch)
-        reporter.log(f"repaired {resume_dir.name}/train_state.json: current_step {report.before.current_step} "
-                     f"-> {report.after.current_step} ({reason}); the original is train_state.json.bak", "warning")
-        state = report.after
+    except StateError as exc:
+        raise StateError(f"resume: {exc}") from None
+    if report.changed:
+        reporter.log(f"repaired {resume_dir.name}/train_state.json: current_step {report.before.current_step} -> "
+                     f"{report.after.current_step} ({report.reason}); the original is train_state.json.bak",
+                     "warning")
+    state = report.after
     if state_adapter_file(resume_dir) is None:
         raise StateError(f"resume: {resume_dir} holds no LoRA weights (adapter.safetensors or model.safetensors)")
     return state
 
 
-def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, learning_rate: float,
-                         reporter: RunReporter) -> None:
-    """Optimizer and schedule from the state folder; this run's learning rate replaces the saved one."""
+def load_optimizer_state(accelerator, model, resume_dir: Path, step: int, reporter: RunReporter) -> None:
+    """Optimizer and schedule from the state folder; this run's learning rates replace the saved ones."""
     scheduler, optimizer = model.scheduler, model.optimizer
+    rates = [group["initial_lr"] for group in optimizer.param_groups] if not _adafactor_schedule(scheduler) else None
     try:
-        accelerator.load_state(str(resume_dir))
-    except Exception as exc:  # another optimizer, or kohya's layout: the LoRA still continues
+        if is_kohya_state(resume_dir):
+            from engine.models.lora import lora_named_parameters
+
+            named = [lora_named_parameters(part) for part in (model.text_lora, accelerator.unwrap_model(
+                model.transformer)) if part is not None]  # in the optimizer's group order
+            loaded = load_kohya_state(model, named, resume_dir, step)
+            reporter.log(f"kohya's state {resume_dir.name}: {', '.join(loaded)} loaded; continuing at step {step}")
+        else:
+            accelerator.load_state(str(resume_dir))
+    except Exception as exc:  # another optimizer or rank: the LoRA still continues
         reporter.log(f"the optimizer state in {resume_dir.name} does not fit ({type(exc).__name__}: "
                      f"{str(exc)[:120]}); continuing with a fresh optimizer state", "warning")
         scheduler.last_epoch = step  # keep the learning-rate schedule where the run was
-    scheduler.base_lrs = [learning_rate for _ in scheduler.base_lrs]
-    rates = [lr_lambda(scheduler.last_epoch) * learning_rate for lr_lambda in scheduler.lr_lambdas]
-    for group, value in zip(optimizer.param_groups, rates):
-        group["lr"] = value
-        group["initial_lr"] = learning_rate
+    if rates is None:
+        return  # Adafactor's relative step sets its own rates from its state
+    scheduler.base_lrs = list(rates)
+    for group, lr_lambda, rate in zip(optimizer.param_groups, scheduler.lr_lambdas, rates):
+        group["lr"] = lr_lambda(scheduler.last_epoch) * rate
+        group["initial_lr"] = rate
+
+
+def _adafactor_schedule(scheduler) -> bool:
+    from transformers.optimization import AdafactorSchedule
+
+    return isinstance(scheduler, AdafactorSchedule)
 
 
 class Checkpointer:
@@ -136,4 +148,5 @@ class Checkpointer:
         return path
 
     def _unwrapped(self):
-        return self.accelerator.unwrap_model(self.model.transformer)
+        """The LoRA's models: the transformer, and CLIP-L when it trains too."""
+        return self.accelerator.unwrap_model(self.model.transformer), self.model.text_lora

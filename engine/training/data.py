@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from engine.dataset.images import BadImageError, open_image_rgb
-from engine.dataset.layout import ImageItem, scan_train_dir
-from engine.preset import parse_resolution
+from engine.dataset.layout import DatasetError, ImageItem, scan_train_dir
+from engine.training.buckets import fit_image
 
 
 @dataclass(frozen=True)
@@ -24,46 +24,34 @@ class Sample:
     caption: str
     repeats: int
     bucket: tuple[int, int]  # (width, height) in pixels
+    resized: tuple[int, int] | None = None  # its size before the centre crop (None: just covering the bucket)
 
 
-def bucket_for(width: int, height: int, values: dict) -> tuple[int, int]:
-    """The training size of an image: its aspect ratio at most the max resolution's area,
-    never larger than the image itself, sides in bucket_reso_steps multiples."""
-    max_w, max_h = parse_resolution(values["max_resolution"])
-    if not values["enable_bucket"]:
-        return max_w, max_h
-    area = min(max_w * max_h, width * height)
-    ideal_w = math.sqrt(area * width / height)
-    return _bucket_side(ideal_w, width, values), _bucket_side(area / ideal_w, height, values)
-
-
-def _bucket_side(ideal: float, image_side: int, values: dict) -> int:
-    """`ideal` rounded down to the step, within the min/max bucket sides; an image smaller than
-    min_bucket_reso keeps its own size (rounded down) instead of being upscaled."""
-    step = values["bucket_reso_steps"]
-    high = max(_floor(values["max_bucket_reso"], step), step)
-    low = min(-(-values["min_bucket_reso"] // step) * step, _floor(image_side, step))
-    return max(min(max(_floor(ideal, step), low), high), step)
-
-
-def _floor(value: float, step: int) -> int:
-    return int(value // step) * step
-
-
-def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
-    """Resize to cover the bucket, then centre-crop to it."""
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int], resized: tuple[int, int] | None = None) -> Image.Image:
+    """Resize to `resized` (default: just covering the bucket), then centre-crop to the bucket.
+    Shrinking averages areas (as sd-scripts' INTER_AREA does), enlarging uses Lanczos."""
     width, height = bucket
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.LANCZOS)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    if resized is None:
+        resized = fit_image(image.width, image.height, {"enable_bucket": False,
+                                                        "max_resolution": f"{width},{height}"}).resized
+    if resized != image.size:
+        shrinking = resized[0] <= image.width and resized[1] <= image.height
+        image = image.resize(resized, Image.BOX if shrinking else Image.LANCZOS)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def make_samples(items: list[ImageItem], values: dict, image_size) -> list[Sample]:
     """image_size(path) -> (width, height) of the upright image."""
-    return [Sample(item.image_path, item.caption, item.repeats, bucket_for(*image_size(item.image_path), values))
-            for item in items]
+    samples = []
+    for item in items:
+        width, height = image_size(item.image_path)
+        fit = fit_image(width, height, values)
+        if min(fit.bucket) == 0:
+            raise DatasetError(f"{item.image_path}: {width}x{height} is too narrow for buckets of "
+                               f"{values['bucket_reso_steps']}-pixel steps; crop or remove it")
+        samples.append(Sample(item.image_path, item.caption, item.repeats, fit.bucket, fit.resized))
+    return samples
 
 
 def epoch_batches(samples: list[Sample], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -56,7 +56,8 @@ class LatentEncoding:
     def _key(self, sample: Sample) -> str:
         if sample.image_path not in self._digests:
             self._digests[sample.image_path] = bytes_digest(sample.image_path)
-        return entry_key(kind="latent", image=self._digests[sample.image_path], bucket=sample.bucket, vae=self._vae_id)
+        return entry_key(kind="latent", image=self._digests[sample.image_path], bucket=sample.bucket,
+                         resized=sample.resized, vae=self._vae_id)
 
     @torch.no_grad()
     def encode(self, samples: list[Sample]) -> torch.Tensor:
@@ -65,7 +66,7 @@ class LatentEncoding:
         pixels = []
         for sample in samples:
             with open_image_rgb(sample.image_path) as image:
-                fitted = fit_to_bucket(image, sample.bucket)
+                fitted = fit_to_bucket(image, sample.bucket, sample.resized)
             array = torch.from_numpy(np.asarray(fitted, dtype=np.float32)).permute(2, 0, 1)
             pixels.append(array / 127.5 - 1.0)
         batch = torch.stack(pixels).to(self.device, self.vae.dtype)

@@ -17,14 +17,15 @@ from engine.training.reporting import RunReporter
 class TrainableModel:
     transformer: torch.nn.Module  # wrapped by accelerate
     swapper: object | None  # engine.offload.BlockSwapper when blocks_to_swap > 0
-    params: list[torch.nn.Parameter]  # the LoRA's, the only trained tensors
+    params: list[torch.nn.Parameter]  # the LoRA's, the only trained tensors (CLIP-L's first, as sd-scripts)
     optimizer: torch.optim.Optimizer
     scheduler: object
     has_guidance: bool
+    text_lora: torch.nn.Module | None = None  # CLIP-L with its LoRA, when the text encoder trains
 
 
 def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype: torch.dtype,
-                               adapter: Path | None, reporter: RunReporter):
+                               adapter: Path | None, reporter: RunReporter, text_lora=None):
     """The base transformer with a fresh LoRA (seeded), or the LoRA of `adapter` / `network_weights`."""
     from engine.models.flux import load_flux_transformer
     from engine.models.lora import add_lora, load_lora, lora_parameters
@@ -36,15 +37,16 @@ def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype
     transformer = load_flux_transformer(values["pretrained_model_name_or_path"], fp8=fp8,
                                         compute_dtype=compute_dtype, device=_placement(values, swap, device))
     torch.manual_seed(values["seed"])  # the LoRA's initial weights
-    add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"])
+    add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"],
+             ranks=_file_ranks(adapter or values["network_weights"], reporter))
     if values["full_bf16"]:
         for parameter in lora_parameters(transformer):
             parameter.data = parameter.data.to(torch.bfloat16)
     if adapter is not None:
-        load_lora(transformer, adapter)
+        load_lora((transformer, text_lora), adapter)
     elif values["network_weights"]:
         reporter.log(f"starting from LoRA {values['network_weights']}")
-        load_lora(transformer, values["network_weights"])
+        load_lora((transformer, text_lora), values["network_weights"])
     if values["gradient_checkpointing"]:
         transformer.enable_gradient_checkpointing()
     swapper = _swap_blocks(transformer, swap, device, reporter) if swap else None
@@ -65,6 +67,17 @@ def _placement(values: dict, swap: int, device: torch.device):
     return swap_placement(arch.num_double, arch.num_single, swap, device)
 
 
+def _file_ranks(source, reporter: RunReporter):
+    """A LoRA file with a rank per layer type or input-layer LoRAs decides the layers and ranks."""
+    from engine.models.lora_ranks import describe_ranks, per_layer_ranks
+
+    ranks = per_layer_ranks(source) if source else None
+    if ranks is not None:
+        reporter.log(f"{Path(source).name} has its own rank per layer ({describe_ranks(ranks)}): training its "
+                     "layers at its ranks, as sd-scripts does with dim_from_weights; network_dim is not used")
+    return ranks
+
+
 def _swap_blocks(transformer, swap: int, device: torch.device, reporter: RunReporter):
     from engine.offload import BlockSwapper
 
@@ -76,12 +89,16 @@ def _swap_blocks(transformer, swap: int, device: torch.device, reporter: RunRepo
     return swapper
 
 
-def prepare_for_training(accelerator, transformer, swapper, values: dict, total_steps: int) -> TrainableModel:
+def prepare_for_training(accelerator, transformer, swapper, values: dict, total_steps: int,
+                         text_lora=None) -> TrainableModel:
     """Optimizer and schedule for the LoRA; accelerate wraps them (and owns their state files)."""
     from engine.models.lora import lora_parameters
 
-    params = lora_parameters(transformer)
-    optimizer = create_optimizer(values, params)
+    groups = [{"params": lora_parameters(transformer), "lr": values["unet_lr"] or values["learning_rate"]}]
+    if text_lora is not None:  # sd-scripts' order: the text encoder's group first
+        groups.insert(0, {"params": lora_parameters(text_lora), "lr": values["text_encoder_lr"]})
+    params = [parameter for group in groups for parameter in group["params"]]
+    optimizer = create_optimizer(values, groups)
     scheduler = create_scheduler(values, optimizer, total_steps)
     # With swapping the model is already placed block by block; accelerate must not move it whole.
     wrapped, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[swapper is None, True])
@@ -89,4 +106,5 @@ def prepare_for_training(accelerator, transformer, swapper, values: dict, total_
     # State folders hold only the LoRA (ours), never the frozen base model.
     accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
-    return TrainableModel(wrapped, swapper, params, optimizer, scheduler, transformer.config.guidance_embeds)
+    return TrainableModel(wrapped, swapper, params, optimizer, scheduler, transformer.config.guidance_embeds,
+                          text_lora)

@@ -18,6 +18,7 @@ from engine.training.checkpoint import Checkpointer, load_optimizer_state, read_
 from engine.training.data import epoch_batches, load_samples, process_batches, steps_in_epoch
 from engine.training.latents import LatentEncoding
 from engine.training.model_setup import load_transformer_with_lora, prepare_for_training
+from engine.training.optim import optimizer_notes
 from engine.training.placement import EncoderPlacement, make_accelerator
 from engine.training.reporting import RunReporter
 from engine.training.step import FlowMatchingStep, NoiseSettings
@@ -126,11 +127,13 @@ class TrainingRun:
         if adapter is not None:
             self.log(f"continuing from {resume_dir.name} (step {self.step}); LoRA weights from {adapter.name}")
         transformer, swapper = load_transformer_with_lora(values, self.device, self.compute_dtype, adapter,
-                                                          self.reporter)
-        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps)
+                                                          self.reporter, self.text.clip_lora)
+        self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps,
+                                          self.text.clip_lora)
+        for note in optimizer_notes(values):
+            self.log(note, "warning")
         if resume_dir is not None:
-            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step,
-                                 values["unet_lr"] or values["learning_rate"], self.reporter)
+            load_optimizer_state(self.accelerator, self.model, resume_dir, self.step, self.reporter)
         self.trainer_step = FlowMatchingStep(NoiseSettings.from_values(values), self.accelerator, self.model,
                                              self.latents, self.text, self.compute_dtype)
         return not self.stop.is_set()
@@ -169,11 +172,13 @@ class TrainingRun:
     def _report_step(self, epoch: int, loss: float, average: float, run_start: float, run_start_step: int) -> None:
         elapsed = time.time() - run_start
         rate = (self.step - run_start_step) / elapsed if elapsed > 0 else None
-        lr = self.model.scheduler.get_last_lr()[0]
+        rates = self.model.scheduler.get_last_lr()
+        lr = rates[-1]  # the transformer's group (a training CLIP-L's comes first, as in sd-scripts)
         self.reporter.progress(TRAINING, self.step, self.total_steps, epoch=epoch, total_epochs=self.total_epochs,
                                loss=loss, average_loss=average, lr=lr, steps_per_second=rate,
                                eta_seconds=(self.total_steps - self.step) / rate if rate else None)
-        self.reporter.scalars(self.step, loss__current=loss, loss__average=average, lr__unet=lr)
+        text_lr = {"lr__textencoder": rates[0]} if len(rates) > 1 else {}
+        self.reporter.scalars(self.step, loss__current=loss, loss__average=average, lr__unet=lr, **text_lr)
         if self.step % self.steps_per_epoch == 0:
             self.completed_epochs = self.step // self.steps_per_epoch
             self.log(f"epoch {self.completed_epochs} done, average loss {average:.5f}")

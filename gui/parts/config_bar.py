@@ -65,8 +65,9 @@ class ConfigBar:
         self.page.working.remember(result.values, path)
         kind = "kohya_ss config" if result.format == "kohya_ss" else "preset"
         message = f"Loaded {kind} **{Path(path).name}**."
-        if result.warnings():
-            message += "\n\n" + "\n".join(f"- {line}" for line in result.warnings())
+        report = actions.load_report(result)
+        if report:
+            message += "\n\n" + report
         return [*widget_values(result.values), path, message]
 
     def save(self, path, *raw):
