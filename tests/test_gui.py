@@ -232,7 +232,7 @@ def test_shipped_preset_loads_from_the_dropdown(page):
     page.locator("#preset-pick input").click()
     page.get_by_role("option", name="flux1-dev-12gb (shipped)").click()
     page.wait_for_function("document.querySelector('#config-status').innerText.includes('flux1-dev-12gb.json')")
-    assert field(page, "blocks_to_swap").input_value() == "16"
+    assert field(page, "blocks_to_swap").input_value() == "18"
     assert page.locator("#preset-path input").input_value().endswith("flux1-dev-12gb.json")
 
 
