@@ -14,17 +14,21 @@ code at full size under fake tensors; the constants here are per token and per b
 from __future__ import annotations
 
 PHASES = ("model placed", "forward", "backward", "optimizer step", "LoRA save")
-FORWARD_WORKING = 5  # x width x compute bytes per token: a block's transient intermediates
+# x width x compute bytes per token: a block's transient intermediates in the forward (checkpointed:
+# nothing is kept, but norms and RoPE work in float32 and the fused projections are wide),
+# measured by benchmarks/memory_plan.py on full-width blocks at 768 and 1024 pixels.
+FORWARD_WORKING = 28
 BACKWARD_WORKING = 8  # ditto for its backward (the widest gradient and the block output's)
 
 
 def timeline(blocks: list[dict], rest: int, lora_bytes: int, state: int, encoders: int,
              tokens: int, width: int, compute: int, checkpointing: bool,
-             extra: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+             extra: dict[str, int] | None = None, linear_copy: int = 0) -> dict[str, dict[str, int]]:
     """Peak breakdown per phase. `blocks` in forward order, each with: stored (bytes as stored),
     swapped (bool), cast (bytes of compute copies of its fp8 weights), lora (LoRA parameters),
     saved (bytes autograd saves in it without checkpointing). `extra`: parts on the GPU all
-    step long (a trained CLIP-L with its LoRA)."""
+    step long (a trained CLIP-L with its LoRA). `linear_copy`: the compute copy of the largest fp8
+    Linear weight (0 without fp8)."""
     resident = rest + sum(b["stored"] for b in blocks if not b["swapped"])
     lora_weights = sum(b["lora"] for b in blocks) * lora_bytes
     unit = tokens * width * compute  # one block input or output
@@ -42,7 +46,8 @@ def timeline(blocks: list[dict], rest: int, lora_bytes: int, state: int, encoder
     for i, block in enumerate(blocks):
         if checkpointing:
             kept = (i + 1) * unit
-            forward.append(moment(streamed(i, i + 1), block["cast"], 0, kept + FORWARD_WORKING * unit))
+            # Nothing is saved, so a layer's compute copy lives only while that layer runs.
+            forward.append(moment(streamed(i, i + 1), linear_copy, 0, kept + FORWARD_WORKING * unit))
         else:
             done = blocks[:i + 1]
             forward.append(moment(streamed(*range(i + 2)), sum(b["cast"] for b in done), 0,

@@ -46,6 +46,7 @@ from engine.models.flux import NAMED_ARCHITECTURES, FluxArchitecture, infer_flux
 from engine.preset import parse_resolution
 
 GIB = 1024 ** 3
+MODULATION = ("norm1.linear.", "norm1_context.linear.", "norm.linear.")  # AdaLN Linears inside a block
 CONTEXT_BYTES = int(0.45 * GIB)
 WORKSPACE_BYTES = 64 * 1024 ** 2
 T5_XXL_BYTES_BF16 = 9_524_621_312  # 4.76 G parameters
@@ -187,10 +188,10 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     train = values["train_blocks"]
     blocks = [dict(stored=stored, swapped=i >= arch.num_double - double, cast=compute * cast if fp8 else 0,
                    lora=lora_double if train in ("all", "double") else 0, saved=saved_double * tokens)
-              for i, (stored, cast) in enumerate(zip(weights.double, weights.fp8_params))]
+              for i, (stored, cast) in enumerate(zip(weights.double, weights.fp8_saved))]
     blocks += [dict(stored=stored, swapped=i >= arch.num_single - single, cast=compute * cast if fp8 else 0,
                     lora=lora_single if train in ("all", "single") else 0, saved=saved_single * tokens)
-               for i, (stored, cast) in enumerate(zip(weights.single, weights.fp8_params[arch.num_double:]))]
+               for i, (stored, cast) in enumerate(zip(weights.single, weights.fp8_saved[arch.num_double:]))]
     train_clip = values["text_encoder_lr"] > 0  # CLIP-L trains a LoRA too and stays on the GPU
     extra = {"CLIP-L with its LoRA (trained)": _clip_lora_bytes(values, lora_bytes, compute)} if train_clip else {}
     encoders = 0
@@ -199,7 +200,7 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     if values["highvram"] or not values["cache_latents"]:
         encoders += FLUX_VAE_BYTES_BF16
     phases = timeline(blocks, weights.rest, lora_bytes, state, encoders, tokens, arch.width, compute, checkpointing,
-                      extra)
+                      extra, compute * arch.mlp_hidden * arch.width if fp8 else 0)
     count = sum(block["lora"] for block in blocks)
     estimate.host = host_ram_phases(
         values, arch.mlp_hidden * arch.width * (1 if fp8 else compute), sum(b["stored"] for b in blocks if b["swapped"]),
@@ -217,6 +218,7 @@ class StoredWeights:
     single: list[int]
     rest: int  # embedders, final layer
     fp8_params: list[int]  # float8 parameters per block (each gets a compute copy while it runs)
+    fp8_saved: list[int] = field(default_factory=list)  # of those, the ones whose copy autograd keeps
 
 
 @functools.lru_cache(maxsize=16)
@@ -239,11 +241,19 @@ def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -
         low = sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn)
         return low + (sum(p.numel() for p in params) - low) * compute_bytes, low
 
+    def kept_for_backward(block) -> int:
+        # The AdaLN modulation's input is the time embedding, which needs no gradient, so autograd
+        # keeps no copy of those weights; every other block Linear's compute copy is kept.
+        return sum(p.numel() for name, p in block.named_parameters()
+                   if p.dtype == torch.float8_e4m3fn and not name.startswith(MODULATION))
+
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
     double = [size(block) for block in model.transformer_blocks]
     single = [size(block) for block in model.single_transformer_blocks]
     total, _ = size(model)
     rest = total - sum(b for b, _ in double + single)
-    return StoredWeights([b for b, _ in double], [b for b, _ in single], rest, [n for _, n in double + single])
+    return StoredWeights([b for b, _ in double], [b for b, _ in single], rest, [n for _, n in double + single],
+                         [kept_for_backward(block) for block in blocks])
 
 
 def block_activation_bytes(arch: FluxArchitecture, rank: int, compute_bytes: int) -> tuple[int, int]:
