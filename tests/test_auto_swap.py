@@ -84,7 +84,7 @@ def test_estimate_chooses_for_the_vram_asked_for():
     command = [sys.executable, "-m", "engine", "estimate", preset, "--set", "blocks_to_swap=auto"]
     fits = subprocess.run(command + ["--vram-gib", "11.6"], capture_output=True, text=True, cwd=ROOT)
     assert fits.returncode == 0, fits.stderr
-    assert fits.stdout.splitlines()[0].startswith("blocks_to_swap auto: swapping 17 blocks to fit 11.6 GiB free")
+    assert fits.stdout.splitlines()[0].startswith("blocks_to_swap auto: swapping 16 blocks to fit 11.6 GiB free")
     assert "RAM peak (system RAM needed)" in fits.stdout and fits.stdout.splitlines()[-1] == "11.6 GiB asked for; the run fits"
     refused = subprocess.run(command + ["--vram-gib", "5"], capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 1 and "even swapping 37 blocks needs" in refused.stderr
