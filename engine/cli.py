@@ -13,11 +13,11 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from engine.commands import CommandError, estimate, fix_state, prepare, preset, tag, train
+from engine.commands import CommandError, estimate, fix_state, prepare, preset, sample, tag, train
 from engine.console import use_utf8_console
 from engine.preset import PresetError
 
-ENGINE_COMMANDS = (preset, prepare, tag, train, fix_state, estimate)
+ENGINE_COMMANDS = (preset, prepare, tag, train, fix_state, estimate, sample)
 PLUGIN_GROUP = "fluxlora.commands"
 
 

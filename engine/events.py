@@ -15,6 +15,7 @@ CACHING_LATENTS = "caching latents"
 CACHING_TEXT = "caching text"
 TRAINING = "training"
 SAVING = "saving"
+SAMPLING = "sampling"  # sample images during training; done/total = images
 PREPARING = "preparing"  # dataset preparation: copying images
 TAGGING = "tagging"  # dataset preparation: WD14 captions
 
@@ -44,6 +45,17 @@ class Log:
 
 
 @dataclass(frozen=True)
+class SampleImage:
+    """A sample image written during training (or by `fluxlora sample`)."""
+
+    path: str
+    prompt: str
+    index: int  # the prompt's position in the list
+    step: int
+    epoch: int | None  # the finished epoch it shows, None for a mid-epoch sample
+
+
+@dataclass(frozen=True)
 class Finished:
     """The last event of a run, and what `engine.trainer.train` returns.
 
@@ -59,7 +71,7 @@ class Finished:
     epoch: int = 0
 
 
-Event = Union[Progress, Log, Finished]
+Event = Union[Progress, Log, SampleImage, Finished]
 EventCallback = Callable[[Event], None]
 
 

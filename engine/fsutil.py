@@ -13,6 +13,7 @@ the process that wrote them is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -29,6 +30,29 @@ os.umask(_UMASK)
 _TEMP = re.compile(r"^(?P<target>.+)\.fluxlora-(?P<pid>\d+)-[a-z0-9_]+(?P<old>\.old)?\.tmp$")
 STALE_AFTER_S = 24 * 3600  # past this, even a live PID is taken to be another process by now
 REPLACE_RETRY_S = 5.0  # how long a replace waits for another program to let go of a file
+
+
+class DiskFullError(OSError):
+    """The disk filled up while writing `filename` (the final path; its temporary file is gone)."""
+
+
+_FULL_MARKERS = ("No space left", "StorageFull", "os error 28", "code: 28", "file write failed",
+                 "There is not enough space")
+
+
+def _raise_if_disk_full(exc: BaseException, path: Path) -> None:
+    """Re-raise a write failure caused by a full disk as DiskFullError naming `path`. torch and
+    safetensors wrap the OS error in their own exception types, so their text is checked too."""
+    if isinstance(exc, DiskFullError):
+        return
+    full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    if not full and any(marker in str(exc) for marker in _FULL_MARKERS):
+        try:
+            full = shutil.disk_usage(path.parent).free < 64 * 1024 * 1024 or "28" in str(exc) or "space" in str(exc)
+        except OSError:
+            full = True
+    if full:
+        raise DiskFullError(errno.ENOSPC, "No space left on device", str(path)) from exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -59,6 +83,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_file(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         replace(tmp, path)
+    except Exception as exc:
+        _raise_if_disk_full(exc, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -76,7 +103,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:
+            _raise_if_disk_full(exc, path)
+            raise
         os.chmod(tmp, 0o777 & ~_UMASK)
         if path.exists():
             old = old_name(path)

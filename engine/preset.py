@@ -22,7 +22,7 @@ from engine.fsutil import atomic_write_text
 from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
 from engine.names import name_problem
 from engine.preset_migrations import upgrade
-from engine.schema import META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
+from engine.schema import KOHYA_SAMPLERS, META_KEYS, OPTIONS, OPTIONS_TABLE, PRESET_VERSION, Option, format_number
 
 FLUXLORA = "fluxlora"
 KOHYA_SS = "kohya_ss"
@@ -252,6 +252,9 @@ def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tup
 
     # str, file, dir
     if isinstance(raw, str):
+        if lenient and key == "sample_sampler" and raw.strip().lower() in KOHYA_SAMPLERS and raw != "euler":
+            return "euler", (f"sample_sampler: {raw!r} read as 'euler' (FLUX samples with flow-matching Euler; "
+                             "sd-scripts does the same for FLUX)")
         if lenient and option.choices and raw not in option.choices:
             for choice in option.choices:
                 if choice.lower() == raw.strip().lower():
@@ -287,37 +290,38 @@ def parse_resolution(text: str) -> tuple[int, int]:
 def validate_values(values: dict[str, Any]) -> list[str]:
     """Every problem with `values`, each naming key, value and what is allowed."""
     problems: list[str] = []
+    bad = set()
     for option in OPTIONS_TABLE:
         if option.key not in values:
             problems.append(f"{option.key}: missing")
+            bad.add(option.key)
             continue
         problem = _check_value(option, values[option.key])
         if problem:
             problems.append(problem)
-    if problems:
-        return problems
-
-    try:
-        parse_resolution(values["max_resolution"])
-    except ValueError as exc:
-        problems.append(str(exc))
-    if values["min_bucket_reso"] > values["max_bucket_reso"]:
+            bad.add(option.key)
+    # The checks across fields run for every field that passed its own check: all problems at once.
+    if "max_resolution" not in bad:
+        try:
+            parse_resolution(values["max_resolution"])
+        except ValueError as exc:
+            problems.append(str(exc))
+    if not bad & {"min_bucket_reso", "max_bucket_reso"} and values["min_bucket_reso"] > values["max_bucket_reso"]:
         problems.append(
             f"min_bucket_reso: {values['min_bucket_reso']} is larger than max_bucket_reso "
             f"{values['max_bucket_reso']}, expected min_bucket_reso <= max_bucket_reso"
         )
-    extension = values["caption_extension"]
-    if not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
+    extension = values.get("caption_extension")
+    if "caption_extension" not in bad and not re.fullmatch(r"\.[A-Za-z0-9_.-]+", extension):
         problems.append(f"caption_extension: {extension!r} is not allowed, expected an extension such as '.txt'")
-    name = values["output_name"]
-    name_issue = name_problem(name)
+    name = values.get("output_name")
+    name_issue = name_problem(name) if "output_name" not in bad else None
     if name_issue:
         problems.append(f"output_name: {name!r} is not allowed: {name_issue}; expected a file name such as "
                         "'my_flux_lora' (none of < > : \" / \\ | ? *, no device name such as CON or NUL)")
-    for key, words in (("optimizer_args", values["optimizer_args"].split()),):
-        for word in words:
-            if "=" not in word or word.startswith("="):
-                problems.append(f"{key}: {word!r} is not allowed, expected key=value pairs separated by spaces")
+    for word in values["optimizer_args"].split() if "optimizer_args" not in bad else ():
+        if "=" not in word or word.startswith("="):
+            problems.append(f"optimizer_args: {word!r} is not allowed, expected key=value pairs separated by spaces")
     return problems
 
 

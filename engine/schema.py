@@ -18,8 +18,9 @@ FOLDERS = "Folders"
 BASIC = "Parameters/Basic"
 FLUX = "Parameters/Basic/Flux.1"
 ADVANCED = "Parameters/Advanced"
+SAMPLES = "Parameters/Samples"
 DATASET = "Dataset Preparation"
-SECTIONS = (MODEL, FOLDERS, BASIC, FLUX, ADVANCED, DATASET)
+SECTIONS = (MODEL, FOLDERS, BASIC, FLUX, ADVANCED, SAMPLES, DATASET)
 
 # Value types. "file" and "dir" are strings holding a path as the user typed it
 # (Windows `C:\...` stays so); the GUI shows a path box for them.
@@ -82,6 +83,12 @@ SCHEDULERS = (
 # kohya users' Adafactor arguments (a fixed learning rate instead of Adafactor's own).
 ADAFACTOR_ARGS = "relative_step=False scale_parameter=False warmup_init=False"
 TIMESTEP_SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
+# kohya's sample_sampler names. FLUX is a flow-matching model: sd-scripts samples it with
+# flow-matching Euler whatever the name, and so do we. A kohya_ss config's other names are read
+# as "euler" with a note (engine.preset); our own presets hold "euler".
+SAMPLE_SAMPLERS = ("euler",)
+KOHYA_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver",
+                  "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
 
 # Defaults follow the 12 GB recipe (FACTS.md) so a key missing from a file means "the
 # recommended value"; the shipped presets state every key anyway.
@@ -238,11 +245,33 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("bucket_reso_steps", "int", 64, ADVANCED, "Bucket resolution steps",
       "Bucket sides are multiples of this many pixels.", minimum=16, maximum=512),
     O("save_state", "bool", False, ADVANCED, "Save training state",
-      "Save a resumable state with every LoRA save."),
+      "Save a resumable state with every LoRA save, so a crash (power cut, out of memory) loses at most "
+      "the epoch in progress."),
+    O("save_last_n_epochs_state", "int", 0, ADVANCED, "Keep last N epoch states",
+      "With Save training state on: keep only the newest N per-epoch states (older ones are deleted, "
+      "so disk use stays bounded); 0 keeps all. The end-of-run state is always kept.", minimum=0,
+      maximum=100000),
     O("save_state_on_train_end", "bool", True, ADVANCED, "Save state at the end",
       "Save a resumable state when training ends or is stopped."),
     O("resume", "dir", "", ADVANCED, "Resume from state",
       "A state folder to continue from; Epochs is then the new total."),
+    # --- Parameters / Samples ---------------------------------------------------------
+    O("sample_prompts", "str", "", SAMPLES, "Sample prompts",
+      "One prompt per line with kohya's options, e.g. 'ohwx man at the beach --w 768 --h 768 --s 20 "
+      "--d 42 --g 3.5' (--w/--h size, --s steps, --d seed, --g guidance, --l CFG scale, --n negative "
+      "prompt); or the path of a kohya prompt file (.txt, .toml, .json). Without --d prompt i uses "
+      "seed + i, so every epoch's image of a prompt starts from the same noise. Defaults: 512x512, "
+      "20 steps, guidance 3.5."),
+    O("sample_every_n_epochs", "int", 0, SAMPLES, "Sample every N epochs",
+      "Sample images at the end of every N-th epoch; 0 = off. When set, Sample every N steps is "
+      "ignored (as in sd-scripts).", minimum=0),
+    O("sample_every_n_steps", "int", 0, SAMPLES, "Sample every N steps",
+      "Sample images every N optimizer steps; 0 = off.", minimum=0),
+    O("sample_at_first", "bool", False, SAMPLES, "Sample before training",
+      "Also sample once before the first step (what the base model, or the LoRA continued from, draws)."),
+    O("sample_sampler", "str", "euler", SAMPLES, "Sampler",
+      "FLUX samples with flow-matching Euler (FLUX's shifted schedule). kohya_ss names such as euler_a "
+      "or ddim are read as euler, as sd-scripts does for FLUX.", choices=SAMPLE_SAMPLERS),
     # --- Dataset Preparation (ours: kohya_ss does not save these in its config) --------
     O("dataset_instance_prompt", "str", "", DATASET, "Instance prompt",
       "The trigger word, e.g. ohwx.", kohya=False),

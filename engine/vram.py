@@ -29,6 +29,7 @@ The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16,
   without checkpointing every block keeps its saved tensors.
 - text encoders and VAE: when their outputs are not cached, or `highvram` keeps them; CLIP-L
   always when the text encoder learning rate is above 0 (it trains a LoRA, with its state).
+- sample images: what sampling needs beyond the training step (engine/sampling/memory.py).
 - CUDA context: 0.45 GiB outside PyTorch's allocator (driver, kernels; varies by driver and card).
 - workspace + allocator slack: cuBLAS workspaces and fragmentation, 64 MiB + 5% of the tensors.
 These are estimates; `benchmarks/gpu_12gb.py` measures the real peak on a GPU and compares.
@@ -207,6 +208,12 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
         count, {"t5": T5_XXL_BYTES_BF16, "clip": CLIP_L_BYTES_BF16, "vae": FLUX_VAE_BYTES_BF16})
     estimate.phases = {phase: sum(breakdown.values()) for phase, breakdown in phases.items()}
     parts.update(max(phases.values(), key=lambda breakdown: sum(breakdown.values())))
+    from engine.sampling.memory import sampling_extra_bytes
+
+    # Sampling runs between steps: the peak's activations and LoRA gradients are free then.
+    transient = parts["activations"] + parts["LoRA weights + gradients"] - lora_bytes * count
+    parts["sample images"] = sampling_extra_bytes(values, arch.width, values["t5xxl_max_token_length"], compute,
+                                                  FLUX_VAE_BYTES_BF16, transient)
     parts["workspace + allocator slack"] = WORKSPACE_BYTES + sum(parts.values()) // 20
     parts["CUDA context"] = CONTEXT_BYTES
     return estimate
@@ -226,12 +233,14 @@ def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -
     """What the transformer occupies, dtype by dtype as load_flux_transformer stores it: the same
     model built on the meta device (no memory), with the same layer-wise casting."""
     import torch
-    from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
 
     from engine.models.flux import apply_fp8_storage
 
-    with init_empty_weights():
+    # torch's device context is per thread; accelerate's init_empty_weights patches every
+    # Module process-wide, so the GUI's estimate at Start put the run's CLIP-L, built at the
+    # same moment in the training thread, on the meta device ("Cannot copy out of meta tensor").
+    with torch.device("meta"):
         model = FluxTransformer2DModel.from_config(arch.diffusers_config())
     if fp8:
         apply_fp8_storage(model, torch.bfloat16)
@@ -345,6 +354,15 @@ def resolve_auto_swap(values: dict, free_bytes: int | None, context_counted: boo
     return dict(values, blocks_to_swap=count), (f"blocks_to_swap auto: swapping {count} blocks to fit "
                                                 f"{free_bytes / GIB:.1f} GiB free (estimated peak "
                                                 f"{estimate.total / GIB:.2f} GiB)")
+
+
+def auto_swap_problems(values: dict) -> list[str]:
+    """blocks_to_swap auto on a GPU where even the most swapping does not fit (none on the CPU)."""
+    try:
+        resolve_auto_swap(values, free_device_bytes())
+    except SwapChoiceError as exc:
+        return [str(exc)]
+    return []
 
 
 def swap_for_device(values: dict, device, log) -> dict:

@@ -9,11 +9,26 @@ import time
 
 
 def problem_list(title: str, problems: list[str]) -> str:
-    return f"**{title}:**\n\n" + "\n".join(f"- {_escape(p)}" for p in problems)
+    from engine.messages import labelled
+
+    return f"**{title}:**\n\n" + "\n".join(f"- {_escape(page_words(labelled(p)))}" for p in problems)
 
 
 def _escape(text: str) -> str:
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
+
+
+# The few engine messages that name a command-line flag, in the page's words instead.
+_PAGE_WORDS = (("use --overwrite to rebuild", "tick \u201cRebuild an existing destination\u201d to rebuild"),
+               ("pass it as --model-dir (GUI: WD14 model folder)", "choose it as the WD14 model folder"))
+
+
+def page_words(message: str) -> str:
+    from engine.train_state import ASK_FOR_STEP
+
+    for cli, page in (*_PAGE_WORDS, (ASK_FOR_STEP, 'give the true step ("True step" in the Utilities tab)')):
+        message = message.replace(cli, page)
+    return message
 
 
 def load_report(result) -> str:
@@ -49,8 +64,9 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
     try:
         result, tagged = prepare_from_values(values, tag=tag, overwrite=overwrite, on_event=report)
     except (DatasetError, TaggerError, ValueError, OSError) as exc:
-        return f"**Could not prepare:** {_escape(str(exc))}", None
-    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`."]
+        return f"**Could not prepare:** {_escape(page_words(str(exc)))}", None
+    lines = [f"Copied **{result.copied}** images to `{result.train_folder}`; the **Dataset gallery** tab shows "
+             "them with their captions."]
     if result.kept_captions:
         lines.append(f"Kept {result.kept_captions} captions from the previous destination.")
     if result.saved_captions:
@@ -112,25 +128,70 @@ def fix_state(folder: str, steps, values: dict, dry_run: bool, true_step=None) -
 
 
 # ---- training --------------------------------------------------------------------------
-def start(runner, values: dict, problems: list[str], continuing: bool) -> str:
+def start(runner, values: dict, problems: list[str], mode: str = "start") -> tuple[str, str | None]:
+    """Start ("start"), Continue ("continue") or Overwrite and start ("overwrite"), after the
+    preflight. Returns (message, the new output name to offer when a finished run of the same
+    name is in the way, else None)."""
+    from engine.preflight import preflight
     from engine.train_state import StateError
-    from engine.trainer import check_ready, continue_from_latest_state
+    from engine.trainer import continue_from_latest_state
+    from engine.training.outputs import free_name
 
     if runner.running:
-        return "**A training run is already going;** stop it first or wait for it to finish."
-    if continuing and not problems:
+        return "**A training run is already going;** stop it first or wait for it to finish.", None
+    if mode == "continue" and not problems:
         try:
             values = continue_from_latest_state(values)
         except StateError as exc:
-            return f"**Cannot continue:** {_escape(str(exc))}"
-    problems = problems + [p for p in check_ready(values) if p not in problems]  # every problem at once
+            return f"**Cannot continue:** {_escape(str(exc))}", None
+    report = preflight(values, overwrite=mode == "overwrite")
+    problems = problems + [p for p in report.problems if p not in problems]  # every problem at once
+    if report.existing_run is not None:
+        offer = free_name(values["output_dir"], values["output_name"])
+        others = [p for p in problems if not p.startswith("output_name: ")]
+        text = (f"**{_escape(values['output_name'])} already has a run in this output folder** "
+                f"({_escape(report.existing_run.summary())}). Starting again would replace its files. Choose:\n\n"
+                f"- **Continue**: train it further from its newest state (raise Epochs first);\n"
+                f"- **Start as {_escape(offer)}**: a new run beside it;\n"
+                f"- **Overwrite and start**: delete its files, then start.")
+        return (text + "\n\n" + problem_list("Also fix", others) if others else text), offer
     if problems:
-        return problem_list("Fix these before starting", problems)
-    refusal = runner.start(values)
+        return problem_list("Fix these before starting", problems), None
+    refusal = runner.start(values, overwrite=mode == "overwrite",
+                           history=_history(values) if mode == "continue" else ())
     if refusal:
-        return f"**{refusal}**"
+        return f"**{refusal}**", None
     started = time.strftime("%H:%M:%S")
-    return f"Continued from the newest state at {started}." if continuing else f"Started at {started}."
+    if mode == "continue":
+        return f"Continued from `{values['resume']}` at {started}.", None
+    return f"Started at {started}.", None
+
+
+def check(values: dict, problems: list[str]) -> str:
+    """The Check button: the preflight alone, every finding at once."""
+    from engine.messages import labelled
+    from engine.preflight import preflight
+
+    report = preflight(values)
+    problems = problems + [p for p in report.problems if p not in problems]
+    lines = [problem_list("Fix these before starting", problems) if problems else "**Ready to start: no problems found.**"]
+    if report.warnings:
+        lines.append("**Warnings:**\n\n" + "\n".join(f"- {_escape(labelled(w))}" for w in report.warnings))
+    if report.notes:
+        lines.append("\n".join(f"- {_escape(n)}" for n in report.notes))
+    return "\n\n".join(lines)
+
+
+def _history(values: dict) -> list:
+    """The loss and lr of the runs this Continue builds on, up to its state's step."""
+    from engine.train_state import StateError, read_train_state
+    from engine.training.history import loss_history, run_log_dir
+
+    try:
+        step = read_train_state(values["resume"]).current_step
+        return loss_history(run_log_dir(values), values["output_name"], before_step=step)
+    except (StateError, OSError, ValueError):
+        return []
 
 
 def vram_text(values: dict) -> str:
@@ -171,9 +232,9 @@ LOG_LINES = 12
 
 
 def loss_frame(losses):
-    import pandas as pd
+    from gui.plots import loss_frame as frame
 
-    return pd.DataFrame(losses, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return frame(losses)
 
 
 def render(runner):
@@ -188,17 +249,7 @@ def render(runner):
     bar = (f'<progress class="fluxlora-progress" value="{done}" max="{total}"></progress>'
            f"<div>{done} / {total} ({percent:.0f}%)</div>") if total else ""
     if view.finished is not None:
-        finished = view.finished
-        if finished.status == "failed":
-            status = f"**Training failed:** {_escape(finished.message)}"
-            if finished.log_path:
-                status += f"\n\nLog: `{finished.log_path}`"
-        else:
-            label = "**Finished**" if finished.status == "completed" else "**Stopped**"
-            status = f"{label}: {_escape(finished.message)}"
-            if finished.state_dir:
-                status += f"\n\nState: `{finished.state_dir}`"
-        return status, bar, frame, log
+        return finished_status(view.finished), finished_bar(done, total, view.finished.status), frame, log
     status = f"**{html.escape(view.phase.capitalize())}**"
     if view.phase == "training":
         step = view.training
@@ -209,6 +260,34 @@ def render(runner):
     if memory:
         status += f" — {memory}"
     return status, bar, frame, log
+
+
+_LOOK = {"completed": ("#1a7f37", "Finished"), "stopped": ("#b35900", "Stopped"), "failed": ("#c62828", "Training failed")}
+
+
+def finished_status(finished) -> str:
+    """Finished, stopped and failed runs look different: colour and words."""
+    from engine.messages import labelled
+
+    word = _LOOK.get(finished.status, _LOOK["failed"])[1]
+    text = page_words("; ".join(labelled(part) for part in finished.message.split("; ")))
+    status = f"**{word}**: {_escape(text)}"
+    if finished.status == "failed" and finished.log_path:
+        status += f"\n\nLog: `{finished.log_path}`"
+    if finished.status != "failed" and finished.state_dir:
+        status += f"\n\nState: `{finished.state_dir}`"
+    return status
+
+
+def finished_bar(done: int, total: int, status: str) -> str:
+    if not total:
+        return ""
+    colour, word = _LOOK.get(status, _LOOK["failed"])
+    percent = 100 * done / total
+    # A drawn bar, not <progress>: the browser paints that in its own (green) colour whatever happened.
+    return (f'<div class="fluxlora-progress" style="background:#ddd"><div style="width:{percent:.1f}%;'
+            f'height:100%;background:{colour}"></div></div><div style="color:{colour}">{done} / '
+            f"{total} ({percent:.0f}%) — {word.lower()}</div>")
 
 
 def _gpu_memory() -> str:

@@ -11,10 +11,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from engine.schema import ADVANCED, BASIC, FLUX, FOLDERS, MODEL  # noqa: E402
+from engine.schema import ADVANCED, BASIC, FLUX, FOLDERS, MODEL, SAMPLES  # noqa: E402
+from gui.parts.compare_tab import CompareTab  # noqa: E402
 from gui.parts.config_bar import ConfigBar  # noqa: E402
 from gui.parts.dataset_tab import DatasetTab  # noqa: E402
+from gui.parts.gallery_tab import GalleryTab  # noqa: E402
 from gui.parts.page import Page  # noqa: E402
+from gui.parts.paths import wire_path_fields  # noqa: E402
 from gui.parts.training_panel import TrainingPanel  # noqa: E402
 from gui.parts.utilities_tab import UtilitiesTab  # noqa: E402
 from gui.runner import TrainingRunner  # noqa: E402
@@ -23,6 +26,7 @@ from gui.store import WorkingPreset  # noqa: E402
 CSS = """
 #status-box {min-height: 2.5em}
 .fluxlora-progress {width: 100%; height: 14px}
+.path-about {font-size: 0.85em; opacity: 0.8; padding: 0 0.6em}
 """
 
 
@@ -37,17 +41,23 @@ def build_app(working: WorkingPreset | None = None, runner: TrainingRunner | Non
             with gr.Tab("Folders", elem_id="tab-folders"):
                 page.section(FOLDERS, 2)
             with gr.Tab("Parameters", elem_id="tab-parameters"):
-                for title, name, is_open in (("Basic", BASIC, True), ("Flux.1", FLUX, True),
-                                             ("Advanced", ADVANCED, False)):
-                    with gr.Accordion(title, open=is_open):
-                        page.section(name, 3)
+                for title, name, is_open, columns in (("Basic", BASIC, True, 3), ("Flux.1", FLUX, True, 3),
+                                                      ("Advanced", ADVANCED, False, 3),
+                                                      ("Sample images", SAMPLES, False, 2)):
+                    with gr.Accordion(title, open=is_open, elem_id=f"acc-{title.split()[0].lower()}"):
+                        page.section(name, columns)
             with gr.Tab("Dataset Preparation", elem_id="tab-dataset"):
                 parts.append(DatasetTab(page))
+            with gr.Tab("Dataset gallery", elem_id="tab-gallery"):
+                parts.append(GalleryTab(page))
+            with gr.Tab("Compare epochs", elem_id="tab-compare"):
+                parts.append(CompareTab(page))
             with gr.Tab("Utilities", elem_id="tab-utilities"):
                 parts.append(UtilitiesTab(page))
         parts.append(TrainingPanel(page))
         for part in parts:  # events need every option widget, so they are wired once all exist
             part.wire(demo)
+        wire_path_fields(demo, page.path_fields)
     return demo
 
 
@@ -56,6 +66,10 @@ def launch(args) -> int:
     credentials = (args.username, args.password) if args.username and args.password else None
     if (args.username or args.password) and not credentials:
         print("error: give both --username and --password", file=sys.stderr)
+        return 1
+    if args.share and credentials is None:
+        print("error: --share makes a public link anyone can open, and this page can read and write files on "
+              "this computer; give --username and --password with --share", file=sys.stderr)
         return 1
     if not local and credentials is None:
         print(f"warning: listening on {args.listen} without --username/--password: anyone on your network "

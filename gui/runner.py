@@ -17,6 +17,9 @@ class RunView:
     latest: object | None = None  # engine.events.Progress: the newest of any phase
     training: object | None = None  # engine.events.Progress: the newest training step (epoch, rate, ETA)
     losses: list[tuple[int, float]] = field(default_factory=list)
+    rates: list[tuple[int, float]] = field(default_factory=list)  # (step, learning rate)
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (image path, label), oldest first
+    history_until: int = 0  # steps before this came from earlier runs (Continue)
     log: deque = field(default_factory=lambda: deque(maxlen=200))
     finished: object | None = None  # engine.events.Finished
     started_at: float = 0.0
@@ -43,15 +46,20 @@ class TrainingRunner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, values: dict) -> str | None:
-        """Start a run; returns a refusal message instead when one is already running."""
+    def start(self, values: dict, overwrite: bool = False, history: list[tuple[int, float, float]] = ()) -> str | None:
+        """Start a run; returns a refusal message instead when one is already running.
+        `overwrite`: replace a finished run of the same name; `history`: (step, loss, lr) of the
+        earlier runs this one continues, for the plot."""
         with self._lock:
             if self.running:
                 return "A training run is already going; stop it first or wait for it to finish."
-            self.view = RunView(running=True, started_at=time.time())
+            self.view = RunView(running=True, started_at=time.time(),
+                                losses=[(step, loss) for step, loss, _ in history],
+                                rates=[(step, lr) for step, _, lr in history],
+                                history_until=history[-1][0] if history else 0)
             self.revision += 1
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, args=(dict(values),), name="fluxlora-train", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(dict(values), overwrite), name="fluxlora-train", daemon=True)
             self._thread.start()
         return None
 
@@ -61,11 +69,11 @@ class TrainingRunner:
         self._stop.set()
         return "Stopping at the next step; the LoRA (and the state, when state saving is on) will be saved."
 
-    def _run(self, values: dict) -> None:
+    def _run(self, values: dict, overwrite: bool = False) -> None:
         from engine.trainer import train
 
         try:
-            train(values, on_event=self._on_event, stop=self._stop)
+            train(values, on_event=self._on_event, stop=self._stop, overwrite=overwrite)
         except Exception as exc:  # never leave the page stuck in "running"
             from engine.events import Finished
 
@@ -75,7 +83,7 @@ class TrainingRunner:
             self.revision += 1
 
     def _on_event(self, event) -> None:
-        from engine.events import Finished, Log, Progress
+        from engine.events import Finished, Log, Progress, SampleImage
 
         view = self.view
         if isinstance(event, Progress):
@@ -84,6 +92,11 @@ class TrainingRunner:
                 view.training = event
                 if event.loss is not None:
                     view.losses.append((event.done, event.loss))
+                if event.lr is not None:
+                    view.rates.append((event.done, event.lr))
+        elif isinstance(event, SampleImage):
+            when = f"epoch {event.epoch}" if event.epoch is not None else f"step {event.step}"
+            view.samples.append((event.path, f"{when} · prompt {event.index + 1}: {event.prompt}"))
         elif isinstance(event, Log):
             view.log.append(f"{time.strftime('%H:%M:%S')} {event.level}: {event.text}")
         elif isinstance(event, Finished):

@@ -7,6 +7,9 @@ import gradio as gr
 from engine.schema import OPTIONS_TABLE, Option
 
 
+MULTILINE = {"description": 1, "sample_prompts": 4}  # option key -> visible lines
+
+
 def make_widget(option: Option, value):
     common = dict(label=option.label, info=option.help, value=value, elem_id=f"opt-{option.key}")
     if option.type == "bool":
@@ -16,10 +19,13 @@ def make_widget(option: Option, value):
     if option.auto:  # a number or the word auto
         return gr.Textbox(max_lines=1, placeholder="a number, or auto", **{**common, "value": str(value)})
     if option.type in ("int", "float"):
-        return gr.Number(precision=0 if option.type == "int" else None, minimum=option.minimum,
-                         maximum=option.maximum, **common)
+        # No Gradio minimum/maximum: out-of-range values must reach the schema's own check (one
+        # list of every problem, by field), not fail inside Gradio before any handler runs.
+        return gr.Number(precision=0 if option.type == "int" else None, **common)
     placeholder = {"file": "path to a file", "dir": "path to a folder"}.get(option.type)
-    return gr.Textbox(placeholder=placeholder, max_lines=1 if option.key != "description" else 4, **common)
+    if option.key in MULTILINE:
+        return gr.Textbox(lines=MULTILINE[option.key], max_lines=12, **common)
+    return gr.Textbox(placeholder=placeholder, max_lines=1, **common)
 
 
 def collect(raw_values) -> tuple[dict, list[str]]:
@@ -50,9 +56,25 @@ def collect(raw_values) -> tuple[dict, list[str]]:
                 values[option.key] = number
         elif option.type == "bool":
             values[option.key] = bool(raw)
+        elif option.type in ("file", "dir"):
+            from engine.models.describe import strip_path_quotes
+
+            values[option.key] = strip_path_quotes("" if raw is None else str(raw))  # Windows "Copy as path"
         else:
             values[option.key] = "" if raw is None else str(raw)
     return values, problems
+
+
+def left_events(widgets) -> list:
+    """The events that mean "the person is done with this field": leaving a text or number box,
+    picking a choice, ticking a box (not every keystroke)."""
+    events = []
+    for widget in widgets:
+        if isinstance(widget, (gr.Textbox, gr.Number)):
+            events += [widget.blur, widget.submit]
+        else:
+            events.append(widget.input)
+    return events
 
 
 def widget_values(values: dict) -> list:

@@ -40,3 +40,11 @@ def test_gui_command_needs_both_credentials(tmp_path):
     result = subprocess.run([sys.executable, "-m", "engine", "gui", "--username", "me"], cwd=ROOT, capture_output=True,
                             text=True, env=dict(os.environ, FLUXLORA_HOME=str(tmp_path)), timeout=60)
     assert result.returncode == 1 and "give both --username and --password" in result.stderr
+
+
+def test_share_without_credentials_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "engine", "gui", "--share"], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ, FLUXLORA_HOME=str(tmp_path)), timeout=60)
+    assert result.returncode == 1
+    assert "error: --share makes a public link anyone can open" in result.stderr
+    assert "give --username and --password with --share" in result.stderr

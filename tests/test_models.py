@@ -348,7 +348,11 @@ def test_lora_files_that_cannot_be_continued_are_named(tmp_path):
     state = lora_state_dict(model)
     cases = {
         "te.safetensors": (dict(state, **{"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(4, 32)}),
-                           "also trains a text encoder (lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight)"),
+                           "also holds a CLIP-L LoRA (lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight); "
+                           "set the text encoder learning rate above 0"),
+        "t5.safetensors": (dict(state, **{"lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight":
+                                          torch.ones(4, 32)}),
+                           "has a text-encoder part FluxLoRA does not train (lora_te3_encoder_block_0_layer_0"),
         "extra.safetensors": (dict(state, **{"lora_unet_double_blocks_0_img_attn_qkv.dora_scale": torch.ones(96, 1)}),
                               "tensors of no FLUX.1 LoRA layer (['lora_unet_double_blocks_0_img_attn_qkv.dora_scale'])"),
         "base.safetensors": ({"double_blocks.0.img_attn.qkv.weight": torch.ones(2, 2), "single_blocks.0.linear1.weight": torch.ones(2, 2)},

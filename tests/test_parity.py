@@ -404,3 +404,41 @@ def test_kohya_import_trains_clip_l_unless_the_config_says_unet_only():
     assert "network_train_unet_only" not in result.unknown_keys
     assert any(note.startswith("network_train_unet_only: true, so text_encoder_lr is 0") for note in result.notes)
     assert parse_preset(dict(config, network_train_unet_only=False)).values["text_encoder_lr"] == 1e-4
+
+
+def test_vram_estimate_builds_its_meta_model_without_touching_other_threads():
+    """The GUI estimates at Start while the run builds CLIP-L in its own thread: a module built
+    in another thread during the estimate is a real (CPU) module."""
+    import threading
+
+    from diffusers import FluxTransformer2DModel  # noqa: F401  (imported here, not while timing the threads)
+
+    import engine.vram as vram
+    from engine.models.flux import FLUX1_DEV
+
+    vram.stored_weight_bytes.cache_clear()
+    inside, done, built = threading.Event(), threading.Event(), {}
+    original = torch.nn.Module.register_parameter
+
+    def pausing_register(module, name, param):  # the estimate waits, mid-build, for the other thread
+        if threading.current_thread().name == "estimate" and not inside.is_set():
+            inside.set()
+            done.wait(60)
+        return original(module, name, param)
+
+    def other_thread():
+        assert inside.wait(60)
+        built["layer"] = torch.nn.Linear(4, 4)
+        done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    torch.nn.Module.register_parameter = pausing_register
+    try:
+        estimate = threading.Thread(target=vram.stored_weight_bytes, args=(FLUX1_DEV, True, 2), name="estimate")
+        estimate.start()
+        worker.join(30)
+        estimate.join(60)
+    finally:
+        torch.nn.Module.register_parameter = original
+    assert built["layer"].weight.device.type == "cpu"

@@ -10,6 +10,7 @@ from engine.events import Log
 from engine.preset import save_preset
 from engine.train_state import find_latest_state, read_train_state
 from engine.trainer import train
+from engine.training.lock import LOCK_FILE
 from tests.fixtures.datasets import tiny_training_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,13 +135,13 @@ def test_kill_during_a_state_save_leaves_the_previous_state_usable(tiny_model_fi
     save_preset(values, preset)
     assert run_until_killed(KILL_DURING_SECOND_STATE_SAVE, preset) != 0
     out = Path(values["output_dir"])
-    # The final LoRA was written, its state was not: the half-written one says it is temporary,
-    # and the next run removes it.
-    names = sorted(p.name for p in out.iterdir())
+    # Epoch 2's LoRA was written, its state was not: the half-written one says it is temporary,
+    # and the next run removes it. The killed run's lock stays behind, stale, until then.
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     leftovers = [name for name in names if name.endswith(".tmp")]
-    assert len(leftovers) == 1 and leftovers[0].startswith("tiny-state.fluxlora-"), names
+    assert len(leftovers) == 1 and leftovers[0].startswith("tiny-000002-state.fluxlora-"), names
     assert [name for name in names if not name.endswith(".tmp")] == [
-        "tiny-000001-state", "tiny-000001.safetensors", "tiny.safetensors"]
+        "tiny-000001-state", "tiny-000001.safetensors", "tiny-000002.safetensors"]
     assert find_latest_state(out, "tiny") == out / "tiny-000001-state"
     assert read_train_state(out / "tiny-000001-state").current_step == 10
     result = train(dict(values, resume=str(out / "tiny-000001-state")))
@@ -211,7 +212,7 @@ def test_incompatible_resume_is_a_clear_error(tiny_model_files, tmp_path):
     train(values)
     state = str(Path(values["output_dir"]) / "tiny-state")
     rank = train(dict(values, epoch=2, resume=state, network_dim=8))
-    assert rank.status == "failed" and "rank 4, but network_dim is 8; set network_dim to 4" in rank.message
+    assert rank.status == "failed" and "is a rank 4 LoRA, but Network rank (dim) is 8; set it to 4" in rank.message
     data = train(dict(values, epoch=2, resume=state, train_batch_size=2))
     assert data.status == "failed"
     assert "was trained at 10 steps per epoch, this preset gives 5; the dataset, repeats, batch size" in data.message

@@ -42,7 +42,7 @@ def test_breakdown_sums_to_the_total():
     assert estimate.total == sum(estimate.parts.values())
     assert list(estimate.parts) == ["base weights resident", "streamed blocks", "compute copies of fp8 weights",
                                     "LoRA weights + gradients", "optimizer state", "activations",
-                                    "CLIP-L with its LoRA (trained)", "text encoders + VAE",
+                                    "CLIP-L with its LoRA (trained)", "text encoders + VAE", "sample images",
                                     "workspace + allocator slack", "CUDA context"]
     assert estimate.parts["text encoders + VAE"] == 0  # cached and highvram off
     # The peak is in the backward pass, by the timeline (engine.memory_phases): LoRA gradients of
@@ -53,6 +53,19 @@ def test_breakdown_sums_to_the_total():
     assert estimate.phases["optimizer step"] - estimate.phases["model placed"] == lora
     assert lora < estimate.parts["LoRA weights + gradients"] < 2 * lora
     assert estimate.phases["LoRA save"] == estimate.phases["model placed"]
+    assert estimate.parts["sample images"] == 0  # no sample prompts
+
+
+def test_sample_images_count_what_training_does_not_already_hold():
+    small = dict(TWELVE, sample_prompts="ohwx --w 512 --h 512", sample_every_n_epochs=1)
+    assert estimate_vram(small).parts["sample images"] == 0  # decoding 512x512 fits in training's activations
+    large = dict(small, sample_prompts="ohwx --w 512 --h 512\nohwx --w 1536 --h 1536")
+    estimate = estimate_vram(large)
+    # the VAE (bf16) plus 768 values per pixel at 1536x1536, less the activations and the LoRA
+    # gradients the training peak holds (in the backward pass: those of the blocks already done)
+    decoder = 167_666_902 + 1536 * 1536 * 768 * 2
+    freed = estimate.parts["activations"] + estimate.parts["LoRA weights + gradients"] - 4 * 1558 * 64 * 3072
+    assert estimate.parts["sample images"] == decoder - freed > 0
 
 
 def test_stored_bytes_match_a_loaded_fp8_model(tmp_path):

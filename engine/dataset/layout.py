@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.dataset.captions import read_caption_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
@@ -38,8 +40,9 @@ def is_image(path: Path) -> bool:
 
 def read_caption(path: str | Path, first_line: bool = False) -> str:
     """Caption text: BOM, CRLF and surrounding whitespace removed; lines joined by spaces, or
-    with first_line only the first line (what sd-scripts trains on)."""
-    text = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    with first_line only the first line (what sd-scripts trains on). Decoding (UTF-16, cp1252)
+    is engine.dataset.captions'; the preflight reports how a file was decoded."""
+    text, _ = read_caption_file(path)
     if first_line:
         return text.splitlines()[0].strip() if text.splitlines() else ""
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """"flux", "vae", "clip", "t5", "lora" or None: which model field a file belongs in."""
+    text = describe(shapes)
+    for word, name in (("LoRA", "lora"), ("FLUX.1 transformer", "flux"), ("FLUX VAE", "vae"),
+                       ("CLIP text", "clip"), ("T5 text", "t5")):
+        if word in text:
+            return name
+    return None
+
+
 def describe(shapes: dict[str, tuple[int, ...]]) -> str:
     names = list(shapes)
 

@@ -12,6 +12,7 @@ from engine.events import SAVING
 from engine.fsutil import atomic_dir
 from engine.train_state import RunRecord, StateError, TrainState, fix_train_state, write_train_state
 from engine.training.kohya_resume import is_kohya_state, load_kohya_state
+from engine.training.outputs import link_tree, prune_epoch_states
 from engine.training.reporting import RunReporter
 
 ADAPTER_FILE = "adapter.safetensors"  # ours; kohya's state folders hold model.safetensors
@@ -92,6 +93,7 @@ class Checkpointer:
         self.earlier_runs = resumed.runs
         self.steps_per_epoch = steps_per_epoch
         self.started_at = started_at
+        self.saved_states: dict[int, Path] = {}  # step -> the first state folder written at that step
         self.record = RunRecord(resumed.current_step, resumed.current_step,
                                 datetime.now().isoformat(timespec="seconds"), "", preset_fingerprint(values))
 
@@ -102,6 +104,9 @@ class Checkpointer:
             self.save_lora(f"{name}-{epoch:06d}.safetensors", step, total_steps)
             if values["save_state"]:
                 self.save_state(f"{name}-{epoch:06d}-state", step, total_steps)
+                keep = values["save_last_n_epochs_state"]
+                for removed in prune_epoch_states(self.output_dir, name, keep) if self.accelerator.is_main_process else ():
+                    self.reporter.log(f"removed {removed.name} (Keep last N epoch states: {keep})")
         if values["save_every_n_steps"] and step % values["save_every_n_steps"] == 0:
             self.save_lora(f"{name}-step{step:08d}.safetensors", step, total_steps)
             if values["save_state"]:
@@ -138,12 +143,18 @@ class Checkpointer:
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
         state = TrainState(current_epoch=epoch, current_step=step, steps_per_epoch=self.steps_per_epoch,
                            step_in_epoch=step_in_epoch, runs=self.earlier_runs + [self.record])
-        if self.accelerator.is_main_process:
+        same = self.saved_states.get(step)
+        if self.accelerator.is_main_process and same is not None and same.is_dir():
+            with atomic_dir(path) as temporary:  # this step's state, already saved under an epoch/step name
+                link_tree(same, temporary)
+            self.reporter.log(f"saved state {path.name} (step {step})")
+        elif self.accelerator.is_main_process:
             with atomic_dir(path) as temporary:
                 self.accelerator.save_state(str(temporary))
                 save_lora(self._unwrapped(), temporary / ADAPTER_FILE, precision="float", mem_eff=True)
                 write_train_state(temporary, state)
             self.reporter.log(f"saved state {path.name} (step {step})")
+        self.saved_states.setdefault(step, path)
         self.accelerator.wait_for_everyone()
         return path
 

@@ -16,12 +16,14 @@ from engine.training.reporting import RunReporter
 
 
 class LatentEncoding:
-    def __init__(self, values: dict, placement: EncoderPlacement, reporter: RunReporter, stop: threading.Event):
+    def __init__(self, values: dict, placement: EncoderPlacement, reporter: RunReporter, stop: threading.Event,
+                 keep_for_decoding: bool = False):
         self.vae_path = values["ae"]
         self.cached = values["cache_latents"]
         self.cache_folder = (Path(values["train_data_dir"]) / CACHE_FOLDER / "latents"
                              if values["cache_latents_to_disk"] else None)
         self.keep_vae = values["highvram"]
+        self.keep_for_decoding = keep_for_decoding  # sample images: parked in RAM after caching, not freed
         self.placement = placement
         self.device = placement.device
         self.reporter = reporter
@@ -48,7 +50,9 @@ class LatentEncoding:
                 computed += 1
             self.reporter.progress(CACHING_LATENTS, index + 1, len(samples))
         self.reporter.log(f"latent cache: {computed} computed, {len(samples) - computed} reused")
-        if not self.keep_vae:
+        if self.keep_for_decoding and not self.keep_vae:
+            self.vae.to(self.placement.parking)
+        elif not self.keep_vae:
             del self.vae
             self.vae = None
             free_memory()

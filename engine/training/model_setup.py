@@ -22,6 +22,7 @@ class TrainableModel:
     scheduler: object
     has_guidance: bool
     text_lora: torch.nn.Module | None = None  # CLIP-L with its LoRA, when the text encoder trains
+    text_encoder: torch.nn.Module | None = None  # the same, wrapped by accelerate: what the step runs
 
 
 def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype: torch.dtype,
@@ -101,10 +102,15 @@ def prepare_for_training(accelerator, transformer, swapper, values: dict, total_
     optimizer = create_optimizer(values, groups)
     scheduler = create_scheduler(values, optimizer, total_steps)
     # With swapping the model is already placed block by block; accelerate must not move it whole.
-    wrapped, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[swapper is None, True])
+    # A training CLIP-L is wrapped too, so several processes average its gradients.
+    models, placement = [transformer], [swapper is None]
+    if text_lora is not None:  # already on its device
+        models, placement = models + [text_lora], placement + [False]
+    *wrapped_models, optimizer = accelerator.prepare(*models, optimizer, device_placement=placement + [True])
+    wrapped = wrapped_models[0]
     accelerator.register_for_checkpointing(scheduler)
     # State folders hold only the LoRA (ours), never the frozen base model.
     accelerator.register_save_state_pre_hook(lambda models, weights, folder: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, folder: models.clear())
     return TrainableModel(wrapped, swapper, params, optimizer, scheduler, transformer.config.guidance_embeds,
-                          text_lora)
+                          text_lora, wrapped_models[1] if text_lora is not None else None)

@@ -56,6 +56,16 @@ class RunReporter:
             for name, value in values.items():
                 self._writer.add_scalar(name.replace("__", "/"), value, step)
 
+    def image(self, tag: str, pixels, step: int) -> None:
+        """A TensorBoard image (HWC uint8), e.g. a sample image."""
+        if self._writer is not None:
+            self._writer.add_image(tag, pixels, step, dataformats="HWC")
+
+    def event(self, event) -> None:
+        """Any other event for the caller (e.g. SampleImage), from the main process only."""
+        if self.is_main:
+            emit(self.on_event, event)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -21,6 +21,7 @@ from engine.training.model_setup import load_transformer_with_lora, prepare_for_
 from engine.training.optim import optimizer_notes
 from engine.training.placement import EncoderPlacement, make_accelerator
 from engine.training.reporting import RunReporter
+from engine.training.sampling import TrainingSampler
 from engine.training.step import FlowMatchingStep, NoiseSettings
 from engine.training.text import TextEncoding
 from engine.vram import swap_for_device
@@ -59,6 +60,7 @@ class TrainingRun:
         started_at = time.time()
         self.reporter.progress(LOADING, 0, 0)
         self.samples = load_samples(values, on_skip=lambda text: self.log(text, "warning"))
+        self.sampler = TrainingSampler(values, self.reporter, self.stop)
         batch, accumulation = values["train_batch_size"], values["gradient_accumulation_steps"]
         self.steps_per_epoch = steps_in_epoch(self.samples, batch, accumulation, self.accelerator.num_processes)
         self.total_steps = values["max_train_steps"] or values["epoch"] * self.steps_per_epoch
@@ -116,10 +118,10 @@ class TrainingRun:
         values = self.values
         placement = EncoderPlacement(self.device, values["highvram"])
         self.text = TextEncoding(values, placement, self.reporter, self.stop)
-        self.text.prepare(self.samples)
+        self.text.prepare(self.samples, also=self.sampler.encode)  # sample prompts too, before T5 goes
         if self.stop.is_set():
             return False
-        self.latents = LatentEncoding(values, placement, self.reporter, self.stop)
+        self.latents = LatentEncoding(values, placement, self.reporter, self.stop, keep_for_decoding=self.sampler.enabled)
         self.latents.prepare(self.samples)
         if self.stop.is_set():
             return False
@@ -130,6 +132,8 @@ class TrainingRun:
                                                           self.reporter, self.text.clip_lora)
         self.model = prepare_for_training(self.accelerator, transformer, swapper, values, self.total_steps,
                                           self.text.clip_lora)
+        if self.model.text_encoder is not None:
+            self.text.clip = self.model.text_encoder
         for note in optimizer_notes(values):
             self.log(note, "warning")
         if resume_dir is not None:
@@ -151,6 +155,8 @@ class TrainingRun:
         self.log(f"training from step {self.step} to {self.total_steps}")
         run_start, run_start_step = time.time(), self.step
         epoch_losses: list[float] = []
+        self.sampler.attach(self)
+        self.sampler.at_first(self.step, self.steps_per_epoch)
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch + 1
             first = self.step - (epoch - 1) * self.steps_per_epoch
@@ -161,9 +167,10 @@ class TrainingRun:
                 epoch_losses.append(loss)
                 self.step += 1
                 self._report_step(epoch, loss, sum(epoch_losses) / len(epoch_losses), run_start, run_start_step)
+                self.checkpoints.periodic(self.step, self.total_steps)  # the last epoch too: Continue keeps it
+                self.sampler.after_step(self.step, self.completed_epochs if self.step % self.steps_per_epoch == 0 else None)
                 if self.step >= self.total_steps:
                     break
-                self.checkpoints.periodic(self.step, self.total_steps)
                 if self.stop.is_set():
                     self.log("stop requested: saving and stopping", "warning")
                     return "stopped"

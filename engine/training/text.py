@@ -38,8 +38,9 @@ class TextEncoding:
         self.reporter = reporter
         self.stop = stop
 
-    def prepare(self, samples: list[Sample]) -> None:
-        """Load tokenizers and encoders; with caching, encode every caption once and free the encoders."""
+    def prepare(self, samples: list[Sample], also=None) -> None:
+        """Load tokenizers and encoders; with caching, encode every caption once and free the encoders.
+        `also(encode)` runs first, while the encoders are surely loaded (sample prompts)."""
         from engine.models.text_encoders import load_clip_l, load_t5, load_tokenizers
 
         self.reporter.progress(LOADING, 0, 0)
@@ -50,6 +51,8 @@ class TextEncoding:
         self.t5 = load_t5(self.t5_path, dtype, device=self.device)  # never all of T5-XXL in RAM
         if self.train_clip:
             self._add_clip_lora()
+        if also is not None:
+            also(self.encode)
         identity = dict(t5=file_identity(self.t5_path), t5_tok=self.t5_tokenizer_path or "standard",
                         t5_len=self.t5_length, t5_mask=self.t5_mask)
         if not self.train_clip:  # a cached entry holds what is cached: T5 only while CLIP-L trains

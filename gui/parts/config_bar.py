@@ -9,8 +9,30 @@ import gradio as gr
 from engine.preset import PresetError, load_preset, save_preset, validate_values
 from gui import actions
 from gui.parts.page import Page
-from gui.store import preset_choices, user_presets_dir
-from gui.widgets import collect, widget_values
+from gui.store import SHIPPED_PRESETS, preset_choices, user_presets_dir
+from gui.widgets import collect, left_events, widget_values
+
+
+def protected_reason(path: str) -> str | None:
+    """Why Save must not write over `path`, or None: shipped presets belong to the install, and a
+    kohya_ss config would lose every key FluxLoRA does not keep."""
+    import json
+
+    if not path or not Path(path).is_file():
+        return None
+    if Path(path).resolve().parent == SHIPPED_PRESETS.resolve():
+        return f"{Path(path).name} is a shipped preset"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return f"{Path(path).name} is not a FluxLoRA preset"
+    if isinstance(data, dict) and "preset_version" not in data:
+        return f"{Path(path).name} is a kohya_ss config (saving would rewrite it in FluxLoRA's format and drop its other keys)"
+    return None
+
+
+def _md(text: str) -> str:
+    return text.replace("_", "\\_")
 
 
 class ConfigBar:
@@ -36,20 +58,20 @@ class ConfigBar:
 
     def wire(self, demo: gr.Blocks) -> None:
         page, inputs = self.page, self.page.inputs
-        demo.load(lambda: [page.working.preset_path, *widget_values(page.working.values),
-                           '<span data-loaded="1"></span>'],
-                  outputs=[self.preset_path, *inputs, self.loaded])
+        demo.load(lambda: [page.working.preset_path, gr.update(choices=preset_choices()),
+                           *widget_values(page.working.values), '<span data-loaded="1"></span>'],
+                  outputs=[self.preset_path, self.preset_pick, *inputs, self.loaded])
 
         def remember(*raw):
             values, problems = collect(raw)
             if not problems and not validate_values(values):
                 page.working.remember(values)
 
-        gr.on([widget.change for widget in inputs], remember, inputs=inputs, queue=False, show_progress="hidden")
+        gr.on(left_events(inputs), remember, inputs=inputs, queue=False, show_progress="hidden")
         load_outputs = [*inputs, self.preset_path, self.status]
         self.load_button.click(self.load, inputs=self.preset_path, outputs=load_outputs)
         self.preset_pick.input(self.load, inputs=self.preset_pick, outputs=load_outputs)
-        self.save_button.click(self.save, inputs=[self.preset_path, *inputs], outputs=[self.status, self.preset_pick])
+        self.save_button.click(self.save_over, inputs=[self.preset_path, *inputs], outputs=[self.status, self.preset_pick])
         self.save_as_button.click(self.save_as, inputs=[self.save_as_name, *inputs],
                                   outputs=[self.status, self.preset_pick, self.preset_path])
 
@@ -84,6 +106,14 @@ class ConfigBar:
             return f"**Not saved:** {path}: {exc.strerror}", gr.update()
         self.page.working.remember(values, path)
         return f"Saved **{path}**.", gr.update(choices=preset_choices())
+
+    def save_over(self, path, *raw):
+        """Save writes only over our own presets: a shipped preset or a kohya_ss config becomes Save as."""
+        refusal = protected_reason((path or "").strip())
+        if refusal:
+            return (f"**Not saved:** {_md(refusal)}. Type a name next to **Save as** and press it to keep your "
+                    "settings as a preset of your own; the original stays as it is."), gr.update()
+        return self.save(path, *raw)
 
     def save_as(self, name, *raw):
         name = (name or "").strip().removesuffix(".json")

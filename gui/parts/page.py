@@ -17,6 +17,7 @@ class Page:
     working: WorkingPreset
     runner: TrainingRunner
     widgets: dict[str, gr.components.Component] = field(default_factory=dict)
+    path_fields: list = field(default_factory=list)  # gui.parts.paths.PathField, wired by the app
 
     @property
     def inputs(self) -> list[gr.components.Component]:
@@ -29,6 +30,14 @@ class Page:
         for first in range(0, len(options), columns):
             with gr.Row():
                 for option in options[first:first + columns]:
-                    self.widgets[option.key] = make_widget(option, self.working.values[option.key])
+                    value = self.working.values[option.key]
+                    if option.type in ("file", "dir"):
+                        from gui.parts.paths import build_path_field
+
+                        with gr.Column():
+                            self.path_fields.append(build_path_field(option, value, make_widget))
+                        self.widgets[option.key] = self.path_fields[-1].box
+                    else:
+                        self.widgets[option.key] = make_widget(option, value)
                 for _ in range(columns - len(options[first:first + columns])):
                     gr.Column()  # keeps the last row's fields as wide as the others

@@ -1,10 +1,11 @@
-"""The training panel: Start / Stop / Continue / Estimate VRAM, status, progress, loss plot, log."""
+"""The training panel: Start / Stop / Continue / the numbers and VRAM, status, progress, loss and
+learning-rate plots, sample images as they arrive, log, and a TensorBoard button."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from gui import actions
+from gui import actions, plots
 from gui.parts.page import Page
 from gui.widgets import collect
 
@@ -17,14 +18,30 @@ class TrainingPanel:
             self.start_button = gr.Button("Start", variant="primary", elem_id="start")
             self.stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             self.continue_button = gr.Button("Continue", elem_id="continue")
-            self.estimate_button = gr.Button("Estimate VRAM", elem_id="estimate")
+            self.check_button = gr.Button("Check", elem_id="check")
+            self.estimate_button = gr.Button("Numbers & VRAM", elem_id="estimate")
+            self.tensorboard_button = gr.Button("TensorBoard", elem_id="tensorboard")
+        with gr.Row():  # offered only when Start finds a finished run of the same name
+            self.new_name_button = gr.Button("Start under a new name", visible=False, elem_id="start-new-name")
+            self.overwrite_button = gr.Button("Overwrite and start", variant="stop", visible=False,
+                                              elem_id="overwrite-start")
+        self.offered_name = gr.State("")
         # Answers to Start/Stop/Continue; the timer leaves this one alone.
         self.run_message = gr.Markdown(elem_id="run-message")
         self.vram_status = gr.Markdown(elem_id="vram-status")
+        self.tensorboard_link = gr.Markdown(elem_id="tensorboard-link")
         self.run_status = gr.Markdown(elem_id="status-box")
         self.progress = gr.HTML(elem_id="progress")
-        self.loss_plot = gr.LinePlot(actions.loss_frame([]), x="step", y="loss", title="Training loss",
-                                     elem_id="loss-plot", height=260)
+        with gr.Row():
+            self.loss_plot = gr.LinePlot(plots.loss_frame([]), x="step", y="loss", color="series",
+                                         title="Training loss (smoothed as TensorBoard does)", elem_id="loss-plot",
+                                         height=260, x_axis_format="d", color_map={"loss": "#fed7aa",
+                                                                                   "smoothed": "#f97316"}, scale=3,
+                                         colors_in_legend=["loss", "smoothed"])
+            self.lr_plot = gr.LinePlot(plots.lr_frame([]), x="step", y="learning rate", title="Learning rate",
+                                       elem_id="lr-plot", height=260, x_axis_format="d", y_axis_format="~e", scale=2)
+        self.samples = gr.Gallery(label="Sample images (newest first; files in output folder/sample)", columns=6,
+                                  height=300, elem_id="sample-gallery", object_fit="contain", allow_preview=True)
         self.log_tail = gr.Textbox(label="Log (newest last; the full log is in the logging folder)",
                                    lines=actions.LOG_LINES, max_lines=actions.LOG_LINES, interactive=False,
                                    elem_id="log-tail")
@@ -32,29 +49,63 @@ class TrainingPanel:
 
     def wire(self, demo: gr.Blocks) -> None:
         inputs, runner = self.page.inputs, self.page.runner
-        self.start_button.click(self._start(continuing=False), inputs=inputs,
-                                outputs=[self.run_message, self.vram_status])
-        self.continue_button.click(self._start(continuing=True), inputs=inputs,
-                                   outputs=[self.run_message, self.vram_status])
+        outputs = [self.run_message, self.vram_status, self.offered_name, self.new_name_button,
+                   self.overwrite_button, self.page.widgets["output_name"]]
+        self.start_button.click(self._start("start"), inputs=inputs, outputs=outputs)
+        self.continue_button.click(self._start("continue"), inputs=inputs, outputs=outputs)
+        self.overwrite_button.click(self._start("overwrite"), inputs=inputs, outputs=outputs)
+        self.new_name_button.click(self._start("new name"), inputs=[self.offered_name, *inputs], outputs=outputs)
+        self.check_button.click(lambda *raw: actions.check(*collect(raw)), inputs=inputs, outputs=self.run_message)
         self.stop_button.click(lambda: runner.stop(), outputs=self.run_message)
-        self.estimate_button.click(lambda *raw: actions.vram_text(collect(raw)[0]), inputs=inputs,
-                                   outputs=self.vram_status)
+        self.estimate_button.click(self._numbers, inputs=inputs, outputs=self.vram_status)
+        self.tensorboard_button.click(self._tensorboard, inputs=inputs, outputs=self.tensorboard_link)
         seen_revision = gr.State(-1)  # per browser tab: what it shows
         self.timer.tick(self._tick, inputs=seen_revision,
-                        outputs=[seen_revision, self.run_status, self.progress, self.loss_plot, self.log_tail],
+                        outputs=[seen_revision, self.run_status, self.progress, self.loss_plot, self.log_tail,
+                                 self.lr_plot, self.samples],
                         queue=False, show_progress="hidden")
 
-    def _start(self, continuing: bool):
+    def _start(self, mode: str):
         def handler(*raw):
+            name = None
+            if mode == "new name":
+                name, raw = raw[0], raw[1:]
             values, problems = collect(raw)
+            if name:
+                values["output_name"] = name
             if not problems:
                 self.page.working.remember(values)
-            message = actions.start(self.page.runner, values, problems, continuing)
-            return message, actions.vram_text(values) if not problems else gr.update()
+            message, offer = actions.start(self.page.runner, values, problems, "start" if name else mode)
+            shown = offer is not None
+            started = message.startswith(("Started", "Continued"))
+            return (message, self._numbers(*raw) if started else gr.update(), offer or "",
+                    gr.update(visible=shown, value=f"Start as {offer}" if shown else None),
+                    gr.update(visible=shown), name if name else gr.update())
         return handler
 
     def _tick(self, seen):
         revision = self.page.runner.revision
         if revision == seen:
-            return [gr.skip()] * 5
-        return [revision, *actions.render(self.page.runner)]
+            return [gr.skip()] * 7
+        view = self.page.runner.view
+        return [revision, *actions.render(self.page.runner), plots.lr_frame(view.rates),
+                plots.sample_gallery(view.samples)]
+
+    @staticmethod
+    def _numbers(*raw):
+        from gui.numbers import plan_text
+
+        values, problems = collect(raw)
+        if problems:
+            return actions.problem_list("Fix these first", problems)
+        return plan_text(values) + "\n\n" + actions.vram_text(values)
+
+    @staticmethod
+    def _tensorboard(*raw):
+        from engine.training.history import run_log_dir
+        from gui.tensorboard import open_tensorboard
+
+        values, _ = collect(raw)
+        if not values["logging_dir"].strip() and not values["output_dir"].strip():
+            return "Choose the logging folder (or output folder) on the Folders tab first."
+        return open_tensorboard(run_log_dir(values))

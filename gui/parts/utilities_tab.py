@@ -19,9 +19,9 @@ class UtilitiesTab:
         self.folder = gr.Textbox(label="State folder", max_lines=1, elem_id="fix-dir",
                                  placeholder="e.g. C:\\lora\\model\\ohwx-000025-state")
         with gr.Row():
-            self.steps = gr.Number(label="Steps per epoch", value=0, precision=0, minimum=0, elem_id="fix-steps",
+            self.steps = gr.Number(label="Steps per epoch", value=0, precision=0, elem_id="fix-steps",
                                    info="0 = count them from the image folder of the preset on screen")
-            self.true_step = gr.Number(label="True step", value=0, precision=0, minimum=0, elem_id="fix-true-step",
+            self.true_step = gr.Number(label="True step", value=0, precision=0, elem_id="fix-true-step",
                                        info="Only when the preview says the file cannot tell; 0 = work it out")
         with gr.Row():
             self.preview = gr.Button("Preview", elem_id="fix-preview")

@@ -1,0 +1,1 @@
+"""Sample images: prompts in kohya's format, FLUX flow-matching sampling, comparison grids."""
