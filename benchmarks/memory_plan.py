@@ -267,7 +267,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the three shipped presets only")
-    parser.add_argument("--all", action="store_true", help="the full grid (96 rows, hours on 2 cores)")
+    parser.add_argument("--all", action="store_true", help="the full grid (99 rows: resolutions x ranks x optimizers x swaps; hours on 2 cores)")
     parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the rows whose label contains one of these")
     args = parser.parse_args()
     short = {"model placed": "placed", "forward": "fwd", "backward": "bwd", "optimizer step": "opt", "LoRA save": "save"}
