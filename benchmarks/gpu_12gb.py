@@ -119,8 +119,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-gib", type=float, default=12.0)
     parser.add_argument("--keep", metavar="DIR", help="keep the generated files in DIR")
-    parser.add_argument("--blocks-to-swap", type=int, default=None,
-                        help="override the preset's blocks_to_swap (kohya's count), e.g. to find what fits")
+    parser.add_argument("--blocks-to-swap", default=None,
+                        help="override the preset's blocks_to_swap (kohya's count, or auto: the least swap "
+                             "the estimate fits in the budget), e.g. to find what fits")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("No CUDA GPU here: this benchmark measures GPU memory and speed and only runs on an NVIDIA card.")
@@ -131,9 +132,9 @@ def main() -> int:
 
     from engine.events import Log, Progress
     from engine.models.flux import FLUX1_DEV
-    from engine.preset import load_preset
+    from engine.preset import load_preset, parse_option_text
     from engine.trainer import train
-    from engine.vram import estimate_vram
+    from engine.vram import estimate_vram, resolve_auto_swap
 
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fluxlora-gpu-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,12 +157,17 @@ def main() -> int:
                       max_train_steps=WARMUP + MEASURED + 1, save_every_n_epochs=0, save_state_on_train_end=False,
                       t5xxl_max_token_length=512)
         if args.blocks_to_swap is not None:
-            values["blocks_to_swap"] = args.blocks_to_swap
+            values["blocks_to_swap"] = parse_option_text("blocks_to_swap", args.blocks_to_swap)
+        values, chosen = resolve_auto_swap(values, int(args.budget_gib * GIB), context_counted=True)
+        if chosen:
+            print(chosen)
         estimate = estimate_vram(values)
         # The cap and max_memory_reserved cover PyTorch's allocator only; the CUDA context is outside it.
         predicted = estimate.total - estimate.parts["CUDA context"]
         print(f"blocks_to_swap {values['blocks_to_swap']}; VRAM estimate (fluxlora estimate):")
-        print(estimate.table(), flush=True)
+        print(estimate.table())
+        print("per phase (device tensors): " + ", ".join(f"{phase} {value / GIB:.2f}"
+                                                         for phase, value in estimate.phases.items()), flush=True)
 
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GIB / total))

@@ -224,6 +224,8 @@ def _coerce(option: Option, raw: Any, lenient: bool, default: Any = None) -> tup
             raise bad
         return value, f"{key}: {raw!r} read as {str(value).lower()}"
 
+    if option.auto and isinstance(raw, str) and raw.strip().lower() == "auto":
+        return "auto", None
     if option.type in ("int", "float"):
         if isinstance(raw, bool):
             raise bad
@@ -324,6 +326,8 @@ def validate_values(values: dict[str, Any]) -> list[str]:
 
 
 def _check_value(option: Option, value: Any) -> str | None:
+    if option.auto and value == "auto":
+        return None
     expected_type = {"bool": bool, "int": int, "float": (int, float)}.get(option.type, str)
     if isinstance(value, bool) and option.type != "bool" or not isinstance(value, expected_type):
         return f"{option.key}: {value!r} is not allowed, expected {option.allowed()}"

@@ -42,6 +42,8 @@ class Option:
     kohya: bool = True
     # The ss_* key sd-scripts writes this value under in a LoRA's metadata (None: not written).
     metadata: str | None = None
+    # An "int" option that also takes the text "auto" (FluxLoRA chooses the number at Start).
+    auto: bool = False
 
     def __post_init__(self) -> None:
         assert self.type in TYPES, self.type
@@ -54,6 +56,8 @@ class Option:
         if self.type == "bool":
             return "true or false"
         kind = {"int": "a whole number", "float": "a number"}.get(self.type, "text")
+        if self.auto:
+            return f"{kind} from {format_number(self.minimum)} to {format_number(self.maximum)}, or 'auto'"
         if self.minimum is not None and self.maximum is not None:
             return f"{kind} from {format_number(self.minimum)} to {format_number(self.maximum)}"
         if self.minimum is not None:
@@ -221,7 +225,9 @@ OPTIONS_TABLE: tuple[Option, ...] = (
     O("blocks_to_swap", "int", 0, FLUX, "Blocks to swap",
       "Keep part of the transformer in system RAM and stream it to the GPU when needed, counted "
       "as kohya does: N//2 double blocks plus 2 single blocks per remaining unit "
-      "(12 GB: 16, 10 GB: 22, 8 GB: 28).", minimum=0, maximum=120),
+      "(sd-scripts' guide: 12 GB 16, 10 GB 22, 8 GB 28). 'auto': at Start, the fewest blocks whose "
+      "estimated peak fits the GPU's free memory (more swapping is slower); the log says what was chosen.",
+      minimum=0, maximum=120, auto=True),
     O("mem_eff_save", "bool", True, FLUX, "Memory-efficient save",
       "Stream LoRA files to disk without a second copy in memory."),
     O("highvram", "bool", False, FLUX, "High VRAM",

@@ -8,7 +8,8 @@ The model, part by part (bytes; c = bytes of the compute dtype: 2 for bf16/fp16,
   estimate follows the loader.
 - streamed blocks: with `blocks_to_swap` (kohya's count, `engine.offload.swap_plan`), at most
   two swapped blocks are on the GPU at once (the one computing, the one prefetched): the two
-  largest. So swapping 1 (two single blocks) saves nothing; 2 and up do.
+  largest. So swapping 1 (two single blocks) saves nothing; 2 and up do. Without gradient
+  checkpointing every swapped block stays on the GPU from its forward to its backward.
 - compute copies of fp8 weights: layer-wise casting makes a compute-dtype copy of each fp8
   weight while its layer runs, and autograd keeps it for the backward pass: one block's worth
   with gradient checkpointing (the block being recomputed), every block's without.
@@ -40,10 +41,13 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.host_ram import host_ram_phases
+from engine.memory_phases import timeline
 from engine.models.flux import NAMED_ARCHITECTURES, FluxArchitecture, infer_flux_architecture
 from engine.preset import parse_resolution
 
 GIB = 1024 ** 3
+MODULATION = ("norm1.linear.", "norm1_context.linear.", "norm.linear.")  # AdaLN Linears inside a block
 CONTEXT_BYTES = int(0.45 * GIB)
 WORKSPACE_BYTES = 64 * 1024 ** 2
 T5_XXL_BYTES_BF16 = 9_524_621_312  # 4.76 G parameters
@@ -56,6 +60,8 @@ class VramEstimate:
     parts: dict[str, int] = field(default_factory=dict)  # label -> bytes, in display order
     architecture: str = ""
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, int] = field(default_factory=dict)  # device tensors at each phase's peak (engine.memory_phases)
+    host: dict[str, int] = field(default_factory=dict)  # system RAM per phase (engine.host_ram)
 
     @property
     def total(self) -> int:
@@ -65,6 +71,16 @@ class VramEstimate:
         width = max(len(label) for label in self.parts)
         lines = [f"{label:<{width}}  {value / GIB:6.2f} GiB" for label, value in self.parts.items()]
         lines.append(f"{'predicted peak':<{width}}  {self.total / GIB:6.2f} GiB")
+        return "\n".join(lines)
+
+    @property
+    def host_peak(self) -> int:
+        return max(self.host.values()) if self.host else 0
+
+    def host_table(self) -> str:
+        width = max(len(phase) for phase in self.host)
+        lines = [f"RAM {phase:<{width}}  {value / GIB:6.2f} GiB" for phase, value in self.host.items()]
+        lines.append(f"RAM {'peak (system RAM needed)':<{width}}  {self.host_peak / GIB:6.2f} GiB")
         return "\n".join(lines)
 
 
@@ -94,6 +110,12 @@ def lora_parameter_count(arch: FluxArchitecture, rank: int, train_blocks: str = 
         layers += single * arch.num_single
     shapes = [shape for fan_in, fan_out in layers for shape in ((rank, fan_in), (fan_out, rank))]
     return sum(rows * cols for rows, cols in shapes), shapes
+
+
+def block_lora_counts(arch: FluxArchitecture, rank: int) -> tuple[int, int]:
+    """LoRA parameters in one double block and in one single block."""
+    one = FluxArchitecture(**{**arch.__dict__, "num_double": 1, "num_single": 1})
+    return lora_parameter_count(one, rank, "double")[0], lora_parameter_count(one, rank, "single")[0]
 
 
 CLIP_L_LAYERS, CLIP_L_WIDTH, CLIP_L_MLP, CLIP_L_TOKENS = 12, 768, 3072, 77
@@ -137,6 +159,8 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
         arch, label = resolve_architecture(values, arch_name)
     else:
         label = arch_name or "given architecture"
+    if values["blocks_to_swap"] == "auto":
+        raise ValueError("blocks_to_swap: 'auto' is chosen for a memory size first (resolve_auto_swap)")
     estimate = VramEstimate(architecture=label)
     model = values.get("pretrained_model_name_or_path", "")
     if model and not Path(model).is_file():
@@ -150,42 +174,46 @@ def estimate_vram(values: dict, arch: FluxArchitecture | None = None, arch_name:
     if (double, single) != swap_plan(values["blocks_to_swap"], 10 ** 6, 10 ** 6):
         estimate.notes.append(f"blocks_to_swap {values['blocks_to_swap']} swaps {double} double and {single} single "
                               f"blocks, all this model allows")
-    kept = weights.double[:arch.num_double - double] + weights.single[:arch.num_single - single]
-    moved = weights.double[arch.num_double - double:] + weights.single[arch.num_single - single:]
-    parts["base weights resident"] = sum(kept) + weights.rest
-    parts["streamed blocks"] = sum(sorted(moved)[-2:])  # at most two swapped blocks on the GPU at once
     checkpointing = values["gradient_checkpointing"]
-    cast = weights.fp8_params
-    parts["compute copies of fp8 weights"] = compute * (max(cast) if checkpointing else sum(cast)) if fp8 else 0
-
+    if (double or single) and not checkpointing:
+        estimate.notes.append("blocks_to_swap saves no GPU memory without gradient_checkpointing "
+                              "(autograd keeps each swapped block's weights for the backward pass)")
     lora_bytes = 2 if values["full_bf16"] else 4
-    count, shapes = lora_parameter_count(arch, values["network_dim"], values["train_blocks"])
-    parts["LoRA weights + gradients"] = 2 * lora_bytes * count
-    parts["optimizer state"] = optimizer_state_bytes(values["optimizer"], values["optimizer_args"], shapes, lora_bytes)
-
+    rank = values["network_dim"]
+    _, shapes = lora_parameter_count(arch, rank, values["train_blocks"])
+    state = optimizer_state_bytes(values["optimizer"], values["optimizer_args"], shapes, lora_bytes)
     width, height = parse_resolution(values["max_resolution"])
     tokens = ((width // 16) * (height // 16) + values["t5xxl_max_token_length"]) * values["train_batch_size"]
-    saved_double, saved_single = block_activation_bytes(arch, values["network_dim"], compute)
-    if checkpointing:
-        block_inputs = (arch.num_double + arch.num_single) * arch.width * compute
-        activations = tokens * (block_inputs + max(saved_double, saved_single) + 8 * arch.width * compute)
-    else:
-        activations = tokens * (arch.num_double * saved_double + arch.num_single * saved_single)
-    parts["activations"] = activations
-
+    saved_double, saved_single = block_activation_bytes(arch, rank, compute)
+    lora_double, lora_single = block_lora_counts(arch, rank)
+    train = values["train_blocks"]
+    blocks = [dict(stored=stored, swapped=i >= arch.num_double - double, cast=compute * cast if fp8 else 0,
+                   lora=lora_double if train in ("all", "double") else 0, saved=saved_double * tokens)
+              for i, (stored, cast) in enumerate(zip(weights.double, weights.fp8_saved))]
+    blocks += [dict(stored=stored, swapped=i >= arch.num_single - single, cast=compute * cast if fp8 else 0,
+                    lora=lora_single if train in ("all", "single") else 0, saved=saved_single * tokens)
+               for i, (stored, cast) in enumerate(zip(weights.single, weights.fp8_saved[arch.num_double:]))]
     train_clip = values["text_encoder_lr"] > 0  # CLIP-L trains a LoRA too and stays on the GPU
-    if train_clip:
-        parts["CLIP-L with its LoRA (trained)"] = _clip_lora_bytes(values, lora_bytes, compute)
+    extra = {"CLIP-L with its LoRA (trained)": _clip_lora_bytes(values, lora_bytes, compute)} if train_clip else {}
     encoders = 0
     if values["highvram"] or not values["flux1_cache_text_encoder_outputs"]:
         encoders += T5_XXL_BYTES_BF16 + (0 if train_clip else CLIP_L_BYTES_BF16)
     if values["highvram"] or not values["cache_latents"]:
         encoders += FLUX_VAE_BYTES_BF16
-    parts["text encoders + VAE"] = encoders
+    phases = timeline(blocks, weights.rest, lora_bytes, state, encoders, tokens, arch.width, compute, checkpointing,
+                      extra, compute * arch.mlp_hidden * arch.width if fp8 else 0)
+    count = sum(block["lora"] for block in blocks)
+    estimate.host = host_ram_phases(
+        values, arch.mlp_hidden * arch.width * (1 if fp8 else compute), sum(b["stored"] for b in blocks if b["swapped"]),
+        count, {"t5": T5_XXL_BYTES_BF16, "clip": CLIP_L_BYTES_BF16, "vae": FLUX_VAE_BYTES_BF16})
+    estimate.phases = {phase: sum(breakdown.values()) for phase, breakdown in phases.items()}
+    parts.update(max(phases.values(), key=lambda breakdown: sum(breakdown.values())))
     from engine.sampling.memory import sampling_extra_bytes
 
+    # Sampling runs between steps: the peak's activations and LoRA gradients are free then.
+    transient = parts["activations"] + parts["LoRA weights + gradients"] - lora_bytes * count
     parts["sample images"] = sampling_extra_bytes(values, arch.width, values["t5xxl_max_token_length"], compute,
-                                                  FLUX_VAE_BYTES_BF16, activations + lora_bytes * count)
+                                                  FLUX_VAE_BYTES_BF16, transient)
     parts["workspace + allocator slack"] = WORKSPACE_BYTES + sum(parts.values()) // 20
     parts["CUDA context"] = CONTEXT_BYTES
     return estimate
@@ -197,6 +225,7 @@ class StoredWeights:
     single: list[int]
     rest: int  # embedders, final layer
     fp8_params: list[int]  # float8 parameters per block (each gets a compute copy while it runs)
+    fp8_saved: list[int] = field(default_factory=list)  # of those, the ones whose copy autograd keeps
 
 
 @functools.lru_cache(maxsize=16)
@@ -221,11 +250,19 @@ def stored_weight_bytes(arch: FluxArchitecture, fp8: bool, compute_bytes: int) -
         low = sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn)
         return low + (sum(p.numel() for p in params) - low) * compute_bytes, low
 
+    def kept_for_backward(block) -> int:
+        # The AdaLN modulation's input is the time embedding, which needs no gradient, so autograd
+        # keeps no copy of those weights; every other block Linear's compute copy is kept.
+        return sum(p.numel() for name, p in block.named_parameters()
+                   if p.dtype == torch.float8_e4m3fn and not name.startswith(MODULATION))
+
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
     double = [size(block) for block in model.transformer_blocks]
     single = [size(block) for block in model.single_transformer_blocks]
     total, _ = size(model)
     rest = total - sum(b for b, _ in double + single)
-    return StoredWeights([b for b, _ in double], [b for b, _ in single], rest, [n for _, n in double + single])
+    return StoredWeights([b for b, _ in double], [b for b, _ in single], rest, [n for _, n in double + single],
+                         [kept_for_backward(block) for block in blocks])
 
 
 def block_activation_bytes(arch: FluxArchitecture, rank: int, compute_bytes: int) -> tuple[int, int]:
@@ -258,3 +295,82 @@ def detected_gpu_memory() -> int | None:
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(0).total_memory
+
+
+def max_useful_swap(arch: FluxArchitecture) -> int:
+    """The smallest blocks_to_swap that swaps all the blocks this model allows."""
+    from engine.offload import swap_plan
+
+    most = swap_plan(10 ** 6, arch.num_double, arch.num_single)
+    return next(n for n in range(10 ** 6) if swap_plan(n, arch.num_double, arch.num_single) == most)
+
+
+class SwapChoiceError(ValueError):
+    """Even the most swapping does not fit the memory available."""
+
+
+def choose_blocks_to_swap(values: dict, free_bytes: int, arch: FluxArchitecture | None = None,
+                          context_counted: bool = True, arch_name: str | None = None) -> tuple[int, VramEstimate]:
+    """The fewest blocks_to_swap whose estimated peak fits in `free_bytes` (the least swapping is
+    the fastest), and that estimate. `context_counted=False` when `free_bytes` was read after
+    this process made its CUDA context (torch.cuda.mem_get_info), which is then already used."""
+    if arch is None:
+        arch, arch_name = resolve_architecture(values, arch_name)
+
+    def need(estimate: VramEstimate) -> int:
+        return estimate.total - (0 if context_counted else CONTEXT_BYTES)
+
+    most = max_useful_swap(arch)
+    for count in range(most + 1):
+        estimate = estimate_vram(dict(values, blocks_to_swap=count), arch=arch, arch_name=arch_name)
+        if need(estimate) <= free_bytes:
+            return count, estimate
+    lower = [f"{key} (now {values[key]})" for key in ("max_resolution", "network_dim", "train_batch_size")]
+    if values["optimizer"] in ("AdamW", "Prodigy"):
+        lower.append(f"optimizer (now {values['optimizer']}: Adafactor or AdamW8bit keep less state)")
+    raise SwapChoiceError(
+        f"blocks_to_swap auto: even swapping {most} blocks needs {need(estimate) / GIB:.1f} GiB, more than the "
+        f"{free_bytes / GIB:.1f} GiB free on the GPU; lower {', '.join(lower[:-1])} or {lower[-1]}")
+
+
+def free_device_bytes(device=0) -> int | None:
+    """Free memory of a CUDA device now (this process's context already made), or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def resolve_auto_swap(values: dict, free_bytes: int | None, context_counted: bool = False,
+                      arch_name: str | None = None) -> tuple[dict, str]:
+    """values with blocks_to_swap a number, and the sentence that says what was chosen and why.
+    Raises SwapChoiceError when nothing fits. Values without 'auto' come back unchanged."""
+    if values["blocks_to_swap"] != "auto":
+        return values, ""
+    if free_bytes is None:
+        return dict(values, blocks_to_swap=0), "blocks_to_swap auto: no CUDA GPU, so no blocks are swapped"
+    count, estimate = choose_blocks_to_swap(values, free_bytes, context_counted=context_counted, arch_name=arch_name)
+    return dict(values, blocks_to_swap=count), (f"blocks_to_swap auto: swapping {count} blocks to fit "
+                                                f"{free_bytes / GIB:.1f} GiB free (estimated peak "
+                                                f"{estimate.total / GIB:.2f} GiB)")
+
+
+def auto_swap_problems(values: dict) -> list[str]:
+    """blocks_to_swap auto on a GPU where even the most swapping does not fit (none on the CPU)."""
+    try:
+        resolve_auto_swap(values, free_device_bytes())
+    except SwapChoiceError as exc:
+        return [str(exc)]
+    return []
+
+
+def swap_for_device(values: dict, device, log) -> dict:
+    """At Start, before anything loads: blocks_to_swap 'auto' becomes a number for this GPU's
+    free memory, said in the log; SwapChoiceError (a ValueError) when nothing fits."""
+    if values["blocks_to_swap"] != "auto":
+        return values
+    free = free_device_bytes(device) if getattr(device, "type", str(device)) == "cuda" else None
+    values, sentence = resolve_auto_swap(values, free)
+    log(sentence)
+    return values

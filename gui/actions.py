@@ -195,14 +195,23 @@ def _history(values: dict) -> list:
 
 
 def vram_text(values: dict) -> str:
-    from engine.vram import GIB, detected_gpu_memory, estimate_vram
+    from engine.vram import GIB, detected_gpu_memory, estimate_vram, free_device_bytes, resolve_auto_swap
 
+    chosen = ""
     try:
+        if values["blocks_to_swap"] == "auto":
+            free = free_device_bytes()
+            if free is None:
+                return ("Blocks to swap is auto: chosen at Start from the GPU's free memory (no CUDA GPU here; "
+                        "`fluxlora estimate PRESET --vram-gib N` plans for a card of N GiB).")
+            values, chosen = resolve_auto_swap(values, free)
         estimate = estimate_vram(values)
     except (ValueError, OSError) as exc:
         return f"VRAM estimate unavailable: {_escape(str(exc))}"
     parts = ", ".join(f"{label} {value / GIB:.1f}" for label, value in estimate.parts.items() if value)
-    text = f"**Predicted peak GPU memory: {estimate.total / GIB:.1f} GiB** ({parts} GiB; {estimate.architecture})"
+    text = f"{_escape(chosen)}\n\n" if chosen else ""
+    text += f"**Predicted peak GPU memory: {estimate.total / GIB:.1f} GiB** ({parts} GiB; {estimate.architecture})"
+    text += f"; system RAM needed: about {estimate.host_peak / GIB:.0f} GiB"
     card = detected_gpu_memory()
     if card is not None and estimate.total > card:
         text += (f"\n\n**Warning: more than this GPU's {card / GIB:.1f} GiB.** Raise Blocks to swap, lower the rank or "

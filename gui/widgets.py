@@ -16,6 +16,8 @@ def make_widget(option: Option, value):
         return gr.Checkbox(**common)
     if option.choices:
         return gr.Dropdown(choices=list(option.choices), **common)
+    if option.auto:  # a number or the word auto
+        return gr.Textbox(max_lines=1, placeholder="a number, or auto", **{**common, "value": str(value)})
     if option.type in ("int", "float"):
         # No Gradio minimum/maximum: out-of-range values must reach the schema's own check (one
         # list of every problem, by field), not fail inside Gradio before any handler runs.
@@ -31,12 +33,19 @@ def collect(raw_values) -> tuple[dict, list[str]]:
     holds its default, so callers must not keep values that come with problems."""
     values, problems = {}, []
     for option, raw in zip(OPTIONS_TABLE, raw_values):
-        if option.type in ("int", "float"):
+        if option.auto and str(raw).strip().lower() == "auto":
+            values[option.key] = "auto"
+        elif option.type in ("int", "float"):
             if raw is None or raw == "":
                 problems.append(f"{option.key}: empty, expected {option.allowed()}")
                 values[option.key] = option.default  # lets the other checks still run; never saved
                 continue
-            number = float(raw)
+            try:
+                number = float(raw)
+            except ValueError:  # typed text in a number-or-auto box
+                problems.append(f"{option.key}: {raw!r} is not allowed, expected {option.allowed()}")
+                values[option.key] = option.default
+                continue
             if option.type == "int":
                 if not number.is_integer():
                     problems.append(f"{option.key}: {raw!r} is not allowed, expected {option.allowed()}")
@@ -69,4 +78,4 @@ def left_events(widgets) -> list:
 
 
 def widget_values(values: dict) -> list:
-    return [values[option.key] for option in OPTIONS_TABLE]
+    return [str(values[option.key]) if option.auto else values[option.key] for option in OPTIONS_TABLE]

@@ -232,8 +232,25 @@ def test_shipped_preset_loads_from_the_dropdown(page):
     page.locator("#preset-pick input").click()
     page.get_by_role("option", name="flux1-dev-12gb (shipped)").click()
     page.wait_for_function("document.querySelector('#config-status').innerText.includes('flux1-dev-12gb.json')")
-    assert field(page, "blocks_to_swap").input_value() == "16"
+    assert field(page, "blocks_to_swap").input_value() == "18"
     assert page.locator("#preset-path input").input_value().endswith("flux1-dev-12gb.json")
+
+
+def test_blocks_to_swap_takes_auto_and_the_estimate_says_when_it_is_chosen(page, tmp_path):
+    fill(page, "blocks_to_swap", "auto")
+    page.locator("#estimate").click()
+    wait_for_status(page, "Blocks to swap is auto", timeout=60000, box="#vram-status")
+    assert "--vram-gib N" in page.locator("#vram-status").inner_text()  # no CUDA GPU here
+    fill(page, "blocks_to_swap", "18")
+    page.locator("#estimate").click()
+    wait_for_status(page, "Predicted peak", timeout=60000, box="#vram-status")
+    assert "system RAM needed: about" in page.locator("#vram-status").inner_text()
+    preset = tmp_path / "auto.json"
+    fill(page, "blocks_to_swap", "Auto")
+    page.locator("#preset-path input, #preset-path textarea").first.fill(str(preset))
+    page.locator("#save").click()
+    page.wait_for_function("document.querySelector('#config-status').innerText.includes('Saved')")
+    assert load_preset(preset).values["blocks_to_swap"] == "auto"
 
 
 def test_kohya_config_loads_with_unknown_keys_reported(page, tmp_path):

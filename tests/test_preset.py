@@ -321,7 +321,9 @@ RECIPE_12GB = {
     "network_alpha": 64.0, "flux1_cache_text_encoder_outputs": True,
     "flux1_cache_text_encoder_outputs_to_disk": True, "mem_eff_save": True, "fp8_base": True,
     "fp8_base_unet": True, "full_bf16": False, "highvram": False, "gradient_checkpointing": True,
-    "blocks_to_swap": 16,
+    # sd-scripts advises 16; with the CLIP-L LoRA trained too, 18 is the least swap under 11.5 GiB
+    # (issue 13: fluxlora estimate and benchmarks/memory_plan.py).
+    "blocks_to_swap": 18,
 }
 
 

@@ -163,9 +163,11 @@ def apply_fp8_storage(model, compute_dtype: torch.dtype) -> None:
 
 
 def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype: torch.dtype = torch.bfloat16,
-                          device: str | torch.device = "cpu"):
+                          device="cpu"):
     """Build diffusers' FluxTransformer2DModel from a BFL single file, fully offline.
 
+    device: where the tensors go, or a function of the diffusers parameter name giving that
+    (engine.offload.swap_placement: swapped blocks in RAM, the rest on the GPU).
     fp8: every Linear layer inside the blocks (attention, MLP and modulation) is stored as
     float8_e4m3fn and computed in `compute_dtype` (diffusers layer-wise casting); the q/k norms,
     the input embedders and the final layer keep `compute_dtype` (see KEEP_WIDE_IN_FP8).
@@ -176,12 +178,16 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
     path = Path(path)
     header = read_header(path, EXPECTED)
     arch = infer_flux_architecture(header.shapes(), source=str(path))
-    with init_empty_weights():
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    # The empty model is made of meta tensors even in a full-size memory plan under fake
+    # tensors (benchmarks/memory_plan.py), where the tensors read below are fake.
+    with unset_fake_temporarily(), init_empty_weights():
         model = FluxTransformer2DModel.from_config(arch.diffusers_config())
-    if fp8:
-        # On the meta model this only records the storage dtype per parameter, so each
-        # tensor below is read straight into the dtype it will live in.
-        apply_fp8_storage(model, compute_dtype)
+        if fp8:
+            # On the meta model this only records the storage dtype per parameter, so each
+            # tensor below is read straight into the dtype it will live in.
+            apply_fp8_storage(model, compute_dtype)
     targets = dict(model.named_parameters())
     rules = _block_rules(arch)
     loaded, unused = set(), []
@@ -210,7 +216,8 @@ def load_flux_transformer(path: str | Path, *, fp8: bool = False, compute_dtype:
             tensor = torch.empty(info.shape, dtype=dtype)
             read_tensor_into(handle, path, header, name, tensor)
             for new_name, part in zip(new_names, convert_tensor(how, tensor)):
-                set_module_tensor_to_device(model, new_name, device, value=part, dtype=dtype)
+                target = device(new_name) if callable(device) else device
+                set_module_tensor_to_device(model, new_name, target, value=part, dtype=dtype)
                 loaded.add(new_name)
             del tensor
     missing = sorted(set(targets) - loaded)

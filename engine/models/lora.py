@@ -227,8 +227,17 @@ def _stream_safetensors(path: Path, models, dtype, metadata: dict[str, str]) -> 
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         for key, tensor in _iter_kohya_tensors(models, dtype):
-            handle.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.ndim else
-                         tensor.reshape(1).view(torch.uint8).numpy().tobytes())
+            handle.write(_file_bytes(tensor))
+
+
+def _file_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's bytes as the file stores them, one tensor at a time from wherever it lives
+    (a LoRA on the GPU is copied to RAM here). A fake tensor (the memory plan) writes zeros."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(tensor):
+        return bytes(tensor.numel() * tensor.element_size())
+    return tensor.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def load_lora(models, path: str | Path) -> None:

@@ -52,7 +52,9 @@ def load_clip_l(path: str | Path, dtype: torch.dtype = torch.float32):
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_t5(path: str | Path, dtype: torch.dtype = torch.float32, device="cpu"):
+    """T5's encoder, each tensor read into `dtype` and moved to `device` before the next is read,
+    so RAM holds one tensor of it at a time when `device` is the GPU."""
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from transformers import T5Config, T5EncoderModel
@@ -93,7 +95,8 @@ def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
                 continue  # a decoder or lm_head in a full T5 checkpoint
             tensor = torch.empty(info.shape, dtype=dtype)
             read_tensor_into(handle, path, header, name, tensor)
-            loaded[name] = tensor
+            loaded[name] = tensor.to(device)
+            del tensor
     # The token embedding is one matrix stored under either or both names.
     for one, other in (("shared.weight", "encoder.embed_tokens.weight"), ("encoder.embed_tokens.weight", "shared.weight")):
         if one in loaded and other in expected:
@@ -102,7 +105,7 @@ def load_t5(path: str | Path, dtype: torch.dtype = torch.float32):
     if missing:
         raise ModelFileError(f"{path}: incomplete T5 encoder (missing {missing[:3]}); expected {T5_EXPECTED}")
     for name, tensor in loaded.items():
-        set_module_tensor_to_device(model, name, "cpu", value=tensor, dtype=dtype)
+        set_module_tensor_to_device(model, name, device, value=tensor, dtype=dtype)
     return model.eval().requires_grad_(False)
 
 

@@ -68,4 +68,8 @@ def preflight(values: dict, overwrite: bool = False) -> Report:
 
         report.problems += sample_problems(values)
     check_disk(values, report, headers, samples)
+    if values["blocks_to_swap"] == "auto" and not report.problems:
+        from engine.vram import auto_swap_problems
+
+        report.problems += auto_swap_problems(values)  # refused before anything loads
     return report

@@ -36,7 +36,7 @@ def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype
     reporter.log(f"loading the transformer{' in fp8' if fp8 else ''}")
     swap = values["blocks_to_swap"]
     transformer = load_flux_transformer(values["pretrained_model_name_or_path"], fp8=fp8,
-                                        compute_dtype=compute_dtype, device="cpu" if swap else device)
+                                        compute_dtype=compute_dtype, device=_placement(values, swap, device))
     torch.manual_seed(values["seed"])  # the LoRA's initial weights
     add_lora(transformer, values["network_dim"], values["network_alpha"], values["train_blocks"],
              ranks=_file_ranks(adapter or values["network_weights"], reporter))
@@ -53,6 +53,19 @@ def load_transformer_with_lora(values: dict, device: torch.device, compute_dtype
     swapper = _swap_blocks(transformer, swap, device, reporter) if swap else None
     transformer.train()
     return transformer, swapper
+
+
+def _placement(values: dict, swap: int, device: torch.device):
+    """With swapping, the swapped blocks load into RAM and the rest straight onto the GPU."""
+    if not swap:
+        return device
+    from engine.models.flux import infer_flux_architecture
+    from engine.models.safetensors_header import read_header
+    from engine.offload import swap_placement
+
+    path = values["pretrained_model_name_or_path"]
+    arch = infer_flux_architecture(read_header(path).shapes(), source=path)
+    return swap_placement(arch.num_double, arch.num_single, swap, device)
 
 
 def _file_ranks(source, reporter: RunReporter):

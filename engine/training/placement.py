@@ -39,3 +39,14 @@ def free_memory() -> None:
 def encoder_dtype(device: torch.device) -> torch.dtype:
     """Frozen encoders compute in bf16 on a GPU and in float32 on the CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def make_accelerator(cpu: bool, precision: str):
+    """accelerate for one run. Autocast's cast cache is off: it would keep a bf16 copy of every
+    LoRA weight from the first forward use to the end of the backward pass (0.57 GiB at rank
+    64 on FLUX.1-dev, measured by benchmarks/memory_plan.py); without it each use casts again,
+    and the checkpoint recompute keeps only the copies of the block being recomputed."""
+    from accelerate import Accelerator
+    from accelerate.utils import AutocastKwargs
+
+    return Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[AutocastKwargs(cache_enabled=False)])

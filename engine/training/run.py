@@ -19,11 +19,12 @@ from engine.training.data import epoch_batches, load_samples, process_batches, s
 from engine.training.latents import LatentEncoding
 from engine.training.model_setup import load_transformer_with_lora, prepare_for_training
 from engine.training.optim import optimizer_notes
-from engine.training.placement import EncoderPlacement
+from engine.training.placement import EncoderPlacement, make_accelerator
 from engine.training.reporting import RunReporter
 from engine.training.sampling import TrainingSampler
 from engine.training.step import FlowMatchingStep, NoiseSettings
 from engine.training.text import TextEncoding
+from engine.vram import swap_for_device
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
 
@@ -53,8 +54,8 @@ class TrainingRun:
     def execute(self) -> Finished:
         from accelerate.utils import set_seed
 
-        values = self.values
         self._start_accelerator()
+        values = self.values = swap_for_device(self.values, self.device, self.log)
         set_seed(values["seed"])
         started_at = time.time()
         self.reporter.progress(LOADING, 0, 0)
@@ -90,7 +91,6 @@ class TrainingRun:
         return self.result(status, message, lora_path, state_dir)
 
     def _start_accelerator(self) -> None:
-        from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
 
         cuda = torch.cuda.is_available()
@@ -101,7 +101,7 @@ class TrainingRun:
         # many in one process) sets its own precision, so the previous run's settings go.
         AcceleratorState._reset_state()
         GradientState._reset_state()
-        self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+        self.accelerator = make_accelerator(not cuda, precision)
         self.device = self.accelerator.device
         self.compute_dtype = _DTYPES[precision]
         values = self.values

@@ -48,7 +48,7 @@ class TextEncoding:
         self.clip_tokenizer, self.t5_tokenizer = load_tokenizers(self.clip_tokenizer_path, self.t5_tokenizer_path)
         dtype = encoder_dtype(self.device)
         self.clip = load_clip_l(self.clip_path, dtype).to(self.device)
-        self.t5 = load_t5(self.t5_path, dtype).to(self.device)
+        self.t5 = load_t5(self.t5_path, dtype, device=self.device)  # never all of T5-XXL in RAM
         if self.train_clip:
             self._add_clip_lora()
         if also is not None:
