@@ -132,7 +132,8 @@ def main() -> int:
 
     from engine.events import Log, Progress
     from engine.models.flux import FLUX1_DEV
-    from engine.preset import load_preset, parse_option_text
+    from engine.preset import load_preset
+    from engine.preset_overrides import parse_option_text
     from engine.trainer import train
     from engine.vram import estimate_vram, resolve_auto_swap
 

@@ -10,13 +10,12 @@ value is an error naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from engine.fsutil import atomic_write_text
 from engine.kohya_config import KOHYA_DEFAULTS, KOHYA_IGNORED_REASONS, read_kohya_meanings
@@ -358,40 +357,6 @@ def preset_json(values: dict[str, Any]) -> str:
 def save_preset(values: dict[str, Any], path: str | Path) -> None:
     """Write `values` as our preset (sorted keys, indent 2), atomically."""
     atomic_write_text(path, preset_json(values))
-
-
-def parse_option_text(key: str, text: str) -> Any:
-    """Parse a value typed as text (CLI `--set`, GUI text boxes) by the option's type."""
-    option = OPTIONS.get(key)
-    if option is None:
-        close = difflib.get_close_matches(key, OPTIONS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"{key}: not a FluxLoRA option{hint}")
-    value, _ = _coerce(option, text, lenient=True)
-    problem = _check_value(option, value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def apply_overrides(values: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
-    """Apply `key=value` strings; every bad one is reported at once."""
-    updated = dict(values)
-    problems = []
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep:
-            problems.append(f"{assignment!r}: expected key=value")
-            continue
-        try:
-            updated[key.strip()] = parse_option_text(key.strip(), text)
-        except ValueError as exc:
-            problems.append(str(exc))
-    if not problems:
-        problems = validate_values(updated)
-    if problems:
-        raise PresetError("--set", problems)
-    return updated
 
 
 def import_kohya(source: str | Path, destination: str | Path) -> LoadResult:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.preset import PresetError, default_values, load_preset, parse_option_text, save_preset, validate_values
+from engine.preset import PresetError, default_values, load_preset, save_preset, validate_values
+from engine.preset_overrides import parse_option_text
 from engine.trainer import train
 from engine.vram import (GIB, SwapChoiceError, choose_blocks_to_swap, estimate_vram, max_useful_swap,
                          resolve_architecture, resolve_auto_swap)

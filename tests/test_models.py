@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from engine.models.autoencoder import load_autoencoder
 from engine.models.errors import ModelFileError
 from engine.models.flux import FLUX1_DEV, KEEP_WIDE_IN_FP8, infer_flux_architecture, load_flux_transformer
-from engine.models.lora import add_lora, build_metadata, load_lora, lora_parameters, lora_state_dict, save_lora
+from engine.models.lora import add_lora, load_lora, lora_parameters, lora_state_dict, save_lora
+from engine.models.lora_metadata import build_metadata
 from engine.models.safetensors_header import read_header
 from engine.models.text_encoders import load_clip_l, load_t5, load_tokenizers
 from engine.preset import default_values

@@ -8,13 +8,13 @@ import pytest
 from engine.preset import (
     KOHYA_SS,
     PresetError,
-    apply_overrides,
     default_values,
     load_preset,
     parse_preset,
     parse_preset_text,
     save_preset,
 )
+from engine.preset_overrides import apply_overrides
 from engine.schema import OPTIONS, OPTIONS_TABLE, SECTIONS, TYPES
 
 ROOT = Path(__file__).resolve().parents[1]

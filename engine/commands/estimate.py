@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from engine.preset import apply_overrides, load_preset
+from engine.preset import load_preset
+from engine.preset_overrides import apply_overrides
 
 
 def register(subparsers) -> None:

@@ -9,7 +9,8 @@ import threading
 
 from engine.commands import CommandError
 from engine.console import ProgressPrinter
-from engine.preset import apply_overrides, load_preset
+from engine.preset import load_preset
+from engine.preset_overrides import apply_overrides
 
 
 def register(subparsers) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,7 +21,6 @@ import torch
 from engine.fsutil import atomic_path
 from engine.models.errors import ModelFileError
 from engine.models.identify import describe
-from engine.schema import OPTIONS_TABLE
 
 ADAPTER = "default"
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
@@ -367,35 +365,3 @@ def _diffusers_layer(state: dict, module_path: str):
         if down_key in state:
             return state.pop(down_key), state.pop(up_key, None), state.pop(alpha_key, None)
     return None
-
-
-def build_metadata(values: dict, *, epoch: int, steps: int, started_at: float,
-                   finished_at: float | None = None, architecture: str = "flux-1-dev/lora") -> dict[str, str]:
-    """sd-scripts' ss_* and modelspec.* metadata from a preset; every value a string."""
-    def stamp(seconds):
-        return str(int(seconds)) if seconds is not None else ""
-
-    metadata = {option.metadata: _metadata_text(values[option.key]) for option in OPTIONS_TABLE if option.metadata}
-    metadata.update({
-        "ss_network_module": "networks.lora_flux",
-        "ss_base_model_version": "flux1",
-        "ss_optimizer": values["optimizer"] + (f"({values['optimizer_args']})" if values["optimizer_args"] else ""),
-        "ss_epoch": str(epoch),
-        "ss_steps": str(steps),
-        "ss_training_started_at": stamp(started_at),
-        "ss_training_finished_at": stamp(finished_at),
-        "ss_resolution": f"({values['max_resolution']})",
-        "ss_network_train_unet_only": str(values["text_encoder_lr"] == 0),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": "https://github.com/black-forest-labs/flux",
-        "modelspec.title": values["output_name"],
-        "modelspec.date": datetime.fromtimestamp(finished_at or started_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-        "modelspec.resolution": values["max_resolution"].replace(",", "x"),
-    })
-    return metadata
-
-
-def _metadata_text(value) -> str:
-    """sd-scripts writes str() of its argument: "True", "64", "64.0", "0.0001"."""
-    return str(bool(value)) if isinstance(value, bool) else str(value)

@@ -120,7 +120,8 @@ class Checkpointer:
         return lora, state
 
     def save_lora(self, file_name: str, step: int, total_steps: int, final: bool = False) -> Path:
-        from engine.models.lora import build_metadata, save_lora
+        from engine.models.lora import save_lora
+        from engine.models.lora_metadata import build_metadata
 
         path = self.output_dir / file_name
         if self.accelerator.is_main_process:
