@@ -13,11 +13,9 @@ from tests.fixtures.models import write_tiny_flux
 from tests.test_models import flux_inputs
 
 
-def swapped_model(tmp_path, count, trace=None, checkpointing=True, fp8=False):
-    path = tmp_path / "flux.safetensors"
-    if not path.exists():
-        write_tiny_flux(path, num_double=2, num_single=3, dtype=torch.float32)
-    model = load_flux_transformer(path, fp8=fp8, compute_dtype=torch.bfloat16 if fp8 else torch.float32)
+def model_with_lora(path, *, fp8, compute_dtype, checkpointing):
+    """The file's transformer with a seeded LoRA whose up matrices are not zero (so gradients flow)."""
+    model = load_flux_transformer(path, fp8=fp8, compute_dtype=compute_dtype)
     torch.manual_seed(0)
     add_lora(model, 4, 4.0)
     with torch.no_grad():
@@ -25,7 +23,15 @@ def swapped_model(tmp_path, count, trace=None, checkpointing=True, fp8=False):
             parameter.normal_(0, 0.1)
     if checkpointing:
         model.enable_gradient_checkpointing()
-    model.train()
+    return model.train()
+
+
+def swapped_model(tmp_path, count, trace=None, checkpointing=True, fp8=False):
+    path = tmp_path / "flux.safetensors"
+    if not path.exists():
+        write_tiny_flux(path, num_double=2, num_single=3, dtype=torch.float32)
+    model = model_with_lora(path, fp8=fp8, compute_dtype=torch.bfloat16 if fp8 else torch.float32,
+                            checkpointing=checkpointing)
     swapper = BlockSwapper(model, count, "cpu", trace=trace) if count else None
     return model, swapper
 

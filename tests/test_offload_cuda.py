@@ -6,26 +6,18 @@ module is the boundary itself, and runs wherever a GPU is present."""
 import pytest
 import torch
 
-from engine.models.flux import load_flux_transformer
-from engine.models.lora import add_lora, lora_parameters
+from engine.models.lora import lora_parameters
 from engine.offload import BlockSwapper
 from tests.fixtures.models import write_tiny_flux
 from tests.test_models import flux_inputs
+from tests.test_offload import model_with_lora
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
 
 def cuda_model(path, swap, fp8, checkpointing):
-    model = load_flux_transformer(path, fp8=fp8, compute_dtype=torch.bfloat16)
-    torch.manual_seed(0)
-    add_lora(model, 4, 4.0)
-    with torch.no_grad():
-        for parameter in lora_parameters(model):
-            parameter.normal_(0, 0.1)
-    if checkpointing:
-        model.enable_gradient_checkpointing()
-    model.train()
+    model = model_with_lora(path, fp8=fp8, compute_dtype=torch.bfloat16, checkpointing=checkpointing)
     if swap:
         swapper = BlockSwapper(model, swap, "cuda")
         BlockSwapper.move_rest(model, "cuda")
