@@ -2,8 +2,6 @@
 chosen before anything loads; refused, naming what to lower, when even the most swap does not fit."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from engine.preset_overrides import parse_option_text
 from engine.trainer import train
 from engine.vram import (GIB, SwapChoiceError, choose_blocks_to_swap, estimate_vram, max_useful_swap,
                          resolve_architecture, resolve_auto_swap)
+from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values
 from tests.fixtures.models import write_tiny_flux
 
@@ -82,12 +81,12 @@ def test_auto_in_presets_cli_and_validation(tmp_path):
 
 def test_estimate_chooses_for_the_vram_asked_for():
     preset = str(ROOT / "presets/flux1-dev-12gb.json")
-    command = [sys.executable, "-m", "engine", "estimate", preset, "--set", "blocks_to_swap=auto"]
-    fits = subprocess.run(command + ["--vram-gib", "11.6"], capture_output=True, text=True, cwd=ROOT)
+    command = ["estimate", preset, "--set", "blocks_to_swap=auto"]
+    fits = run_engine(*command, "--vram-gib", "11.6")
     assert fits.returncode == 0, fits.stderr
     assert fits.stdout.splitlines()[0].startswith("blocks_to_swap auto: swapping 16 blocks to fit 11.6 GiB free")
     assert "RAM peak (system RAM needed)" in fits.stdout and fits.stdout.splitlines()[-1] == "11.6 GiB asked for; the run fits"
-    refused = subprocess.run(command + ["--vram-gib", "5"], capture_output=True, text=True, cwd=ROOT)
+    refused = run_engine(*command, "--vram-gib", "5")
     assert refused.returncode == 1 and "even swapping 37 blocks needs" in refused.stderr
 
 

@@ -1,7 +1,5 @@
 """The epoch x prompt comparison grid, through the engine and `fluxlora sample`, on the tiny models."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from engine.events import SampleImage
 from engine.preset import save_preset
 from engine.sampling.compare import compare_loras, compare_prompts, run_lora_files
 from engine.trainer import train
+from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +67,7 @@ def test_cli_sample_writes_one_grid(trained, tmp_path):
     preset = tmp_path / "run preset.json"
     save_preset(values, preset)
     out = tmp_path / "grid ü.png"
-    result = subprocess.run([sys.executable, "-m", "engine", "sample", str(preset), "--prompt", PROMPTS[0],
-                             "--prompt", PROMPTS[1], "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
+    result = run_engine("sample", preset, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--out", out)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"4 x 2 grid: {out}"  # no LoRA + the 3 epochs
     assert Image.open(out).size[0] == 180 + 8 + 120 + 8 + 120 + 8
@@ -80,8 +77,7 @@ def test_cli_sample_refuses_a_missing_lora(trained, tmp_path):
     values, _ = trained
     preset = tmp_path / "p.json"
     save_preset(values, preset)
-    result = subprocess.run([sys.executable, "-m", "engine", "sample", str(preset), "--lora", str(tmp_path / "no.safetensors"),
-                             "--prompt", "x"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = run_engine("sample", preset, "--lora", tmp_path / "no.safetensors", "--prompt", "x")
     assert result.returncode == 1 and result.stderr.strip() == f"error: --lora: file {tmp_path / 'no.safetensors'} not found"
 
 

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from engine.preset import (
 )
 from engine.preset_overrides import apply_overrides
 from engine.schema import OPTIONS, OPTIONS_TABLE, SECTIONS, TYPES
+from tests.fixtures.cli import run_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "presets"
@@ -33,9 +32,7 @@ discrete_flow_shift model_prediction_type blocks_to_swap highvram mem_eff_save s
 save_state_on_train_end resume max_grad_norm gradient_accumulation_steps""".split()
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
+run_cli = run_engine
 
 
 def test_schema_declares_every_design_key():

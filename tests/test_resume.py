@@ -11,6 +11,7 @@ from engine.preset import save_preset
 from engine.train_state import find_latest_state, read_train_state
 from engine.trainer import train
 from engine.training.lock import LOCK_FILE
+from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +102,7 @@ def test_sigkill_mid_epoch_then_continue_equals_uninterrupted(tiny_model_files, 
     out = Path(values["output_dir"])
     assert find_latest_state(out, "tiny") == out / "tiny-step00000014-state"
     assert not (out / "tiny.safetensors").exists()
-    continued = subprocess.run([sys.executable, "-m", "engine", "train", str(preset), "--continue"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=300)
+    continued = run_engine("train", preset, "--continue")
     assert continued.returncode == 0, continued.stderr
     assert "continuing from tiny-step00000014-state (step 14)" in continued.stderr
     straight = values_for(tiny_model_files, tmp_path / "straight", epoch=3)
@@ -234,14 +234,12 @@ def test_fix_state_cli_with_steps_and_with_preset(tiny_model_files, tmp_path):
     folder = tmp_path / "kohya-state"
     folder.mkdir()
     (folder / "train_state.json").write_text(json.dumps({"current_epoch": 25, "current_step": 100}))
-    dry = subprocess.run([sys.executable, "-m", "engine", "fix-state", str(folder), "--steps-per-epoch", "10",
-                          "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    dry = run_engine("fix-state", folder, "--steps-per-epoch", "10", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith(f"would change {folder}: current_step 100 -> 250")
     assert not (folder / "train_state.json.bak").exists()
     preset = tmp_path / "p.json"
     save_preset(values_for(tiny_model_files, tmp_path), preset)  # 5 x 2 at batch 1 = 10 steps per epoch
-    fixed = subprocess.run([sys.executable, "-m", "engine", "fix-state", str(folder), "--preset", str(preset)],
-                           capture_output=True, text=True, cwd=ROOT)
+    fixed = run_engine("fix-state", folder, "--preset", preset)
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.splitlines()[-1] == "the original is kept as train_state.json.bak"
     assert read_train_state(folder).current_step == 250

@@ -17,6 +17,7 @@ from engine.preset import save_preset
 from engine.train_state import read_train_state
 from engine.trainer import continue_from_latest_state, train
 from engine.training.lock import LOCK_FILE, RunLock
+from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_start_over_a_finished_run_is_refused_and_overwrite_replaces_it_whole(ti
     before = names(values["output_dir"])
     preset = tmp_path / "p.json"
     save_preset(values, preset)
-    again = run_cli("train", preset, "--set", "epoch=2")
+    again = run_engine("train", preset, "--set", "epoch=2")
     assert again.returncode == 1
     assert (f"error: output_name: {values['output_dir']} already holds a run named tiny (4 LoRA files, 1 state "
             "folder, newest state tiny-state at epoch 3, step 12); starting again would replace its files") in again.stderr

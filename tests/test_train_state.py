@@ -12,6 +12,7 @@ from engine.train_state import (
     read_true_step,
     write_train_state,
 )
+from tests.fixtures.cli import run_engine
 
 
 def kohya_state(folder, epoch, step):
@@ -168,16 +169,10 @@ def test_find_latest_state_picks_most_steps_and_skips_partial_and_other_names(tm
 
 
 def test_fix_state_cli_asks_when_the_file_cannot_tell_and_takes_the_answer(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     folder = kohya_state(tmp_path / "ohwx state", 2, 6)  # mid-epoch 2 of some run: the steps per epoch decide
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "engine", "fix-state", str(folder), *args],
-                              capture_output=True, text=True, cwd=root)
+        return run_engine("fix-state", folder, *args)
 
     asked = cli()
     assert asked.returncode == 1

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -11,14 +9,13 @@ from safetensors.torch import load_file
 from engine.events import Finished, Log, Progress
 from engine.preset import save_preset
 from engine.trainer import check_ready, train
+from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+run_cli = run_engine
 
 
 class ForwardCounter:

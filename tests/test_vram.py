@@ -1,5 +1,3 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +6,7 @@ from engine.models.flux import FLUX1_DEV
 from engine.preset import default_values, load_preset
 from engine.vram import (GIB, block_activation_bytes, block_parameters, estimate_vram, lora_parameter_count,
                          optimizer_state_bytes, stored_weight_bytes)
+from tests.fixtures.cli import run_engine
 from tests.fixtures.models import write_tiny_flux
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,17 +213,15 @@ def test_reads_only_the_header(tmp_path):
 
 
 def test_cli_prints_table(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engine", "estimate", str(ROOT / "presets/flux1-dev-12gb.json")],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = run_engine("estimate", ROOT / "presets/flux1-dev-12gb.json")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "model: flux1-dev"
     peak = next(line for line in lines if line.startswith("predicted peak"))
     assert peak.endswith("GiB") and lines[lines.index(peak) + 1].startswith("RAM loading encoders")
     assert lines[-1].startswith("RAM peak (system RAM needed)") and lines[-1].endswith("GiB")
-    missing = subprocess.run([sys.executable, "-m", "engine", "estimate", str(ROOT / "presets/flux1-dev-12gb.json"),
-                              "--arch", "flux1-schnell", "--set", f"pretrained_model_name_or_path={tmp_path / 'no.safetensors'}"],
-                             capture_output=True, text=True, cwd=ROOT)
+    missing = run_engine("estimate", ROOT / "presets/flux1-dev-12gb.json", "--arch", "flux1-schnell",
+                         "--set", f"pretrained_model_name_or_path={tmp_path / 'no.safetensors'}")
     assert missing.returncode == 0, missing.stderr
     assert missing.stdout.splitlines()[0] == "model: flux1-schnell"
     assert "not found: assuming the flux1-schnell architecture" in missing.stdout
