@@ -19,4 +19,5 @@ torch.set_num_interop_threads(1)
 
 # Fixture modules, one per area (tiny models, tiny tagger, ...); add yours to this list.
 # windows_fs enforces Windows' file rules (fsync, replace of open files) in every test.
-pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.tagger", "tests.fixtures.windows_fs"]
+pytest_plugins: list[str] = ["tests.fixtures.models", "tests.fixtures.browser", "tests.fixtures.tagger",
+                              "tests.fixtures.windows_fs"]

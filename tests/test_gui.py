@@ -1,27 +1,12 @@
-"""The GUI in a real browser (Debian's Chromium through Playwright), on the tiny models."""
+"""The GUI in a real browser (Debian's Chromium through Playwright), on the tiny models.
+The page fixtures and the helpers that act on it are in tests/fixtures/browser.py."""
 
 import json
-import os
-import socket
-from pathlib import Path
-
-import pytest
 
 from engine.preset import load_preset, save_preset
-from tests.fixtures.browser import browser_candidates, find_browser
+from tests.fixtures.browser import (browser_candidates, field, fill, line_pixels, load_through_page, tab,
+                                    wait_for_line_pixels, wait_for_message, wait_for_status)
 from tests.fixtures.datasets import tiny_training_values, write_images
-
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
-
-
-def chromium_path():
-    found = find_browser()
-    if found:
-        return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("no Chromium, Chrome or Edge found; CI must install one (apt-get install chromium)")
-    pytest.skip("no Chromium, Chrome or Edge found: install one (apt install chromium) or set FLUXLORA_CHROMIUM")
 
 
 def test_chrome_and_edge_are_found_on_windows(tmp_path, monkeypatch):
@@ -35,125 +20,6 @@ def test_chrome_and_edge_are_found_on_windows(tmp_path, monkeypatch):
     chrome = tmp_path / "Local" / "Google" / "Chrome" / "Application" / "chrome.exe"
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
     assert str(chrome) in browser_candidates()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    home = tmp_path_factory.mktemp("fluxlora home")
-    old = os.environ.get("FLUXLORA_HOME")
-    os.environ["FLUXLORA_HOME"] = str(home)
-    from gui.app import CSS, build_app
-
-    demo = build_app()
-    demo.queue()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-    if old is None:
-        os.environ.pop("FLUXLORA_HOME", None)
-    else:
-        os.environ["FLUXLORA_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, app_url):
-    page = browser.new_page(viewport={"width": 1280, "height": 1400})
-    page.set_default_timeout(30000)
-    page.goto(app_url)
-    page.wait_for_selector("#page-loaded [data-loaded]", state="attached")  # the load event filled the fields
-    yield page
-    page.close()
-
-
-def tab(page, name):
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_selector(f"[role=tab][aria-selected=true]:has-text('{name}')")
-
-
-TAB_OF_SECTION = {"Model": "Model", "Folders": "Folders", "Parameters/Basic": "Parameters",
-                  "Parameters/Basic/Flux.1": "Parameters", "Parameters/Advanced": "Parameters",
-                  "Dataset Preparation": "Dataset Preparation"}
-
-
-def field(page, key):
-    """The input of an option, after showing its tab (hidden tabs are not rendered)."""
-    from engine.schema import OPTIONS
-
-    section = OPTIONS[key].section
-    tab(page, TAB_OF_SECTION[section])
-    if section == "Parameters/Advanced" and not page.locator(f"#opt-{key}").is_visible():
-        page.get_by_text("Advanced", exact=True).click()
-    return page.locator(f"#opt-{key} input, #opt-{key} textarea").first
-
-
-def fill(page, key, text):
-    field(page, key).fill(str(text))
-    field(page, key).blur()
-
-
-def load_through_page(page, path):
-    page.locator("#preset-path input, #preset-path textarea").first.fill(str(path))
-    page.locator("#load").click()
-    name = Path(path).name
-    page.wait_for_function("name => { const t = document.querySelector('#config-status').innerText;"
-                           " return (t.includes('Loaded') && t.includes(name)) || t.includes('Could not load'); }",
-                           arg=name)
-    return page.locator("#config-status").inner_text()
-
-
-def wait_for_line_pixels(page, at_least: int, timeout: float = 30) -> int:
-    """The loss line's pixel count once it is drawn (the plot draws after its element appears)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        count = line_pixels(page.locator("#loss-plot").screenshot())
-        if count > at_least or time.monotonic() > deadline:
-            return count
-        page.wait_for_timeout(100)
-
-
-def line_pixels(png: bytes) -> int:
-    """Pixels in the plot's line colour (Gradio's orange); an empty plot has none."""
-    import io
-
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    return sum(1 for r, g, b in image.getdata() if r > 200 and 60 < g < 170 and b < 90)
-
-
-def status_text(page):
-    return page.locator("#status-box").inner_text()
-
-
-def wait_for_status(page, *words, timeout=120000, box="#status-box"):
-    script = "args => args[1].some(w => document.querySelector(args[0]).innerText.includes(w))"
-    page.wait_for_function(script, arg=[box, list(words)], timeout=timeout)
-    return page.locator(box).inner_text()
-
-
-def wait_for_message(page, *words):
-    """The answer to Start/Stop/Continue, which stays until the next click."""
-    return wait_for_status(page, *words, timeout=30000, box="#run-message")
 
 
 def test_every_tab_shows_its_options(page, tmp_path):

@@ -5,8 +5,8 @@ the numbers before Start, and the comparison grid."""
 from pathlib import Path
 
 from engine.preset import save_preset
+from tests.fixtures.browser import load_through_page, tab, wait_for_status
 from tests.fixtures.datasets import tiny_training_values
-from tests.test_gui import app_url, browser, field, load_through_page, page, tab, wait_for_status  # noqa: F401
 
 PROMPTS = "ohwx man on a beach --w 64 --h 64 --s 2 --d 7\nohwx man, portrait --w 64 --h 64 --s 2"
 

@@ -1,4 +1,3 @@
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,14 +7,9 @@ from safetensors.torch import load_file
 from engine.preset import save_preset
 from engine.train_state import read_train_state
 from tests.fixtures.datasets import tiny_training_values
+from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_two_processes_with_batches_that_do_not_split_evenly_finish_and_write_one_lora(tiny_model_files, tmp_path):
