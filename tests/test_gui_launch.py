@@ -5,6 +5,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.fixtures.cli import run_engine
 from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +32,15 @@ def test_gui_command_binds_the_given_host_and_warns_without_credentials(tmp_path
     assert "warning: listening on 127.0.0.2 without --username/--password" in stderr
 
 
-def test_gui_command_needs_both_credentials(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engine", "gui", "--username", "me"], cwd=ROOT, capture_output=True,
-                            text=True, env=dict(os.environ, FLUXLORA_HOME=str(tmp_path)), timeout=60)
+def test_gui_command_needs_both_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXLORA_HOME", str(tmp_path))
+    result = run_engine("gui", "--username", "me")
     assert result.returncode == 1 and "give both --username and --password" in result.stderr
 
 
-def test_share_without_credentials_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "engine", "gui", "--share"], cwd=ROOT, capture_output=True,
-                            text=True, env=dict(os.environ, FLUXLORA_HOME=str(tmp_path)), timeout=60)
+def test_share_without_credentials_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXLORA_HOME", str(tmp_path))
+    result = run_engine("gui", "--share")
     assert result.returncode == 1
     assert "error: --share makes a public link anyone can open" in result.stderr
     assert "give --username and --password with --share" in result.stderr
