@@ -9,6 +9,10 @@ from gui import actions, plots
 from gui.parts.page import Page
 from gui.widgets import collect
 
+# The page asks for the run's state every second while one is going, every few seconds otherwise (a run
+# started from another browser tab shows up within that): a tick costs ~0.1 s of CPU on this page.
+TICK_SECONDS, IDLE_TICK_SECONDS = 1.0, 4.0
+
 
 class TrainingPanel:
     def __init__(self, page: Page):
@@ -45,12 +49,12 @@ class TrainingPanel:
         self.log_tail = gr.Textbox(label="Log (newest last; the full log is in the logging folder)",
                                    lines=actions.LOG_LINES, max_lines=actions.LOG_LINES, interactive=False,
                                    elem_id="log-tail")
-        self.timer = gr.Timer(1.0)
+        self.timer = gr.Timer(TICK_SECONDS)  # the first tick shows the run's state at once
 
     def wire(self, demo: gr.Blocks) -> None:
         inputs, runner = self.page.inputs, self.page.runner
         outputs = [self.run_message, self.vram_status, self.offered_name, self.new_name_button,
-                   self.overwrite_button, self.page.widgets["output_name"]]
+                   self.overwrite_button, self.page.widgets["output_name"], self.timer]
         self.start_button.click(self._start("start"), inputs=inputs, outputs=outputs)
         self.continue_button.click(self._start("continue"), inputs=inputs, outputs=outputs)
         self.overwrite_button.click(self._start("overwrite"), inputs=inputs, outputs=outputs)
@@ -59,9 +63,9 @@ class TrainingPanel:
         self.stop_button.click(lambda: runner.stop(), outputs=self.run_message)
         self.estimate_button.click(self._numbers, inputs=inputs, outputs=self.vram_status)
         self.tensorboard_button.click(self._tensorboard, inputs=inputs, outputs=self.tensorboard_link)
-        seen_revision = gr.State(-1)  # per browser tab: what it shows
-        self.timer.tick(self._tick, inputs=seen_revision,
-                        outputs=[seen_revision, self.run_status, self.progress, self.loss_plot, self.log_tail,
+        shown = gr.State((-1, TICK_SECONDS))  # per browser tab: the run revision it shows, its tick interval
+        self.timer.tick(self._tick, inputs=shown,
+                        outputs=[shown, self.timer, self.run_status, self.progress, self.loss_plot, self.log_tail,
                                  self.lr_plot, self.samples],
                         queue=False, show_progress="hidden")
 
@@ -80,16 +84,22 @@ class TrainingPanel:
             started = message.startswith(("Started", "Continued"))
             return (message, self._numbers(*raw) if started else gr.update(), offer or "",
                     gr.update(visible=shown, value=f"Start as {offer}" if shown else None),
-                    gr.update(visible=shown), name if name else gr.update())
+                    gr.update(visible=shown), name if name else gr.update(),
+                    gr.Timer(TICK_SECONDS) if started else gr.skip())
         return handler
 
-    def _tick(self, seen):
-        revision = self.page.runner.revision
-        if revision == seen:
-            return [gr.skip()] * 7
-        view = self.page.runner.view
-        return [revision, *actions.render(self.page.runner), plots.lr_frame(view.rates),
-                plots.sample_gallery(view.samples)]
+    def _tick(self, shown):
+        runner = self.page.runner
+        # running before revision: by the time a run stops running, its last revision is in place
+        interval = TICK_SECONDS if runner.running else IDLE_TICK_SECONDS
+        now = (runner.revision, interval)
+        if now == tuple(shown):
+            return [gr.skip()] * 8
+        timer = gr.Timer(interval) if interval != shown[1] else gr.skip()
+        if now[0] == shown[0]:
+            return [now, timer] + [gr.skip()] * 6
+        view = runner.view
+        return [now, timer, *actions.render(runner), plots.lr_frame(view.rates), plots.sample_gallery(view.samples)]
 
     @staticmethod
     def _numbers(*raw):
