@@ -6,7 +6,7 @@ import time
 import gradio as gr
 
 from gui.parts.page import Page
-from gui.parts.training_panel import IDLE_TICK_SECONDS, TICK_SECONDS, TrainingPanel
+from gui.parts.training_panel import IDLE_TICK_SECONDS, PLOT_SECONDS, TICK_SECONDS, Shown, TrainingPanel
 from gui.runner import TrainingRunner
 from gui.store import WorkingPreset
 from tests.fixtures.datasets import tiny_training_values
@@ -23,30 +23,51 @@ def test_gradio_queue_has_the_pace_settings_we_set(tmp_path, monkeypatch):
     assert {name: getattr(demo._queue, name) for name in QUEUE_IDLE_PACE} == QUEUE_IDLE_PACE
 
 
-def test_the_tick_is_fast_only_while_a_run_goes(tmp_path, monkeypatch, tiny_model_files):
+def sent(value) -> bool:
+    return not (isinstance(value, dict) and value == gr.skip())
+
+
+def wait_until(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_tick_is_fast_only_while_a_run_goes_and_sends_only_what_changed(tmp_path, monkeypatch, tiny_model_files):
     monkeypatch.setenv("FLUXLORA_HOME", str(tmp_path / "home"))
     runner = TrainingRunner()
     with gr.Blocks():
         panel = TrainingPanel(Page(WorkingPreset(), runner))
     assert panel.timer.value == TICK_SECONDS  # a new page shows the state at once
 
-    first = panel._tick((-1, TICK_SECONDS))
-    assert first[0] == (runner.revision, IDLE_TICK_SECONDS) and first[1].value == IDLE_TICK_SECONDS
-    assert first[2] == "Idle. Fill in the tabs, then press Start."  # the status is rendered on the first tick
-    assert panel._tick(first[0]) == [gr.skip()] * 8  # nothing new: nothing is sent
+    first = panel._tick(Shown())
+    shown, timer, status = first[:3]
+    assert (shown.revision, shown.interval) == (runner.revision, IDLE_TICK_SECONDS)
+    assert timer.value == IDLE_TICK_SECONDS
+    assert status == "Idle. Fill in the tabs, then press Start."
+    assert not any(sent(value) for value in panel._tick(shown))  # nothing new: nothing is sent
 
     values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=2000, save_every_n_epochs=0)
     assert runner.start(values) is None  # as if another browser tab pressed Start
     try:
-        going = panel._tick(first[0])
-        assert going[0][1] == TICK_SECONDS and going[1].value == TICK_SECONDS
-        assert panel._tick(going[0])[1] == gr.skip()  # the interval is sent only when it changes
+        wait_until(lambda: len(runner.view.losses) >= 2)
+        going = panel._tick(shown)
+        assert going[0].interval == TICK_SECONDS and going[1].value == TICK_SECONDS
+        assert sent(going[4]) and sent(going[6])  # a new run's plots are drawn at once
+        wait_until(lambda: runner.revision > going[0].revision and len(runner.view.losses) > going[0].plots[1])
+        later = panel._tick(going[0])
+        assert not sent(later[1])  # the interval is sent only when it changes
+        assert sent(later[2])  # the status line moves every tick
+        assert not sent(later[4]) and not sent(later[6])  # the plots wait PLOT_SECONDS
+        assert not sent(later[7])  # no new sample images: the gallery is left alone
+        with monkeypatch.context() as clock:
+            clock.setattr("gui.parts.training_panel.time.monotonic", lambda: going[0].plotted_at + PLOT_SECONDS)
+            assert sent(panel._tick(later[0])[4])
     finally:
         runner.stop()
-        deadline = time.monotonic() + 120
-        while runner.running and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert not runner.running
-    stopped = panel._tick(going[0])
-    assert stopped[0] == (runner.revision, IDLE_TICK_SECONDS) and stopped[1].value == IDLE_TICK_SECONDS
-    assert stopped[0][0] > going[0][0] and stopped[2].startswith("**Stopped**")  # its last state, as the tick slows
+        wait_until(lambda: not runner.running)
+    stopped = panel._tick(later[0])
+    assert stopped[0].interval == IDLE_TICK_SECONDS and stopped[1].value == IDLE_TICK_SECONDS
+    assert stopped[2].startswith("**Stopped**")  # the run's last state, as the tick slows
+    assert sent(stopped[4])  # and its whole loss plot, at once

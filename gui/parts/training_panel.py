@@ -3,6 +3,9 @@ learning-rate plots, sample images as they arrive, log, and a TensorBoard button
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import gradio as gr
 
 from gui import actions, plots
@@ -12,6 +15,21 @@ from gui.widgets import collect
 # The page asks for the run's state every second while one is going, every few seconds otherwise (a run
 # started from another browser tab shows up within that): a tick costs ~0.1 s of CPU on this page.
 TICK_SECONDS, IDLE_TICK_SECONDS = 1.0, 4.0
+# Drawing the loss plot again costs the browser ~0.2 s of CPU, so while a run goes the plots are drawn
+# at most this often (the status line still moves every second); a run's end is drawn at once.
+PLOT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What one browser tab shows, so that a tick sends only what changed."""
+
+    revision: int = -1
+    interval: float = TICK_SECONDS
+    texts: tuple = ()  # status, progress bar, log tail
+    plots: tuple = ()  # (run, loss points, learning-rate points) drawn
+    plotted_at: float = float("-inf")
+    samples: tuple = ()  # (run, images) shown
 
 
 class TrainingPanel:
@@ -63,7 +81,7 @@ class TrainingPanel:
         self.stop_button.click(lambda: runner.stop(), outputs=self.run_message)
         self.estimate_button.click(self._numbers, inputs=inputs, outputs=self.vram_status)
         self.tensorboard_button.click(self._tensorboard, inputs=inputs, outputs=self.tensorboard_link)
-        shown = gr.State((-1, TICK_SECONDS))  # per browser tab: the run revision it shows, its tick interval
+        shown = gr.State(Shown())  # per browser tab
         self.timer.tick(self._tick, inputs=shown,
                         outputs=[shown, self.timer, self.run_status, self.progress, self.loss_plot, self.log_tail,
                                  self.lr_plot, self.samples],
@@ -88,18 +106,30 @@ class TrainingPanel:
                     gr.Timer(TICK_SECONDS) if started else gr.skip())
         return handler
 
-    def _tick(self, shown):
+    def _tick(self, shown: Shown):
         runner = self.page.runner
-        # running before revision: by the time a run stops running, its last revision is in place
-        interval = TICK_SECONDS if runner.running else IDLE_TICK_SECONDS
-        now = (runner.revision, interval)
-        if now == tuple(shown):
+        running = runner.running  # before the revision: a run's last revision is in place once it stops
+        revision, view, now = runner.revision, runner.view, time.monotonic()
+        interval = TICK_SECONDS if running else IDLE_TICK_SECONDS
+        drawn = (view.started_at, len(view.losses), len(view.rates))
+        another_run = drawn[:1] != shown.plots[:1]
+        plots_due = drawn != shown.plots and (another_run or not running or now - shown.plotted_at >= PLOT_SECONDS)
+        if (revision, interval) == (shown.revision, shown.interval) and not plots_due:
             return [gr.skip()] * 8
-        timer = gr.Timer(interval) if interval != shown[1] else gr.skip()
-        if now[0] == shown[0]:
-            return [now, timer] + [gr.skip()] * 6
-        view = runner.view
-        return [now, timer, *actions.render(runner), plots.lr_frame(view.rates), plots.sample_gallery(view.samples)]
+        status, bar, loss, log = actions.render(runner)
+        samples = (view.started_at, len(view.samples))
+        new = Shown(revision, interval, (status, bar, log), drawn if plots_due else shown.plots,
+                    now if plots_due else shown.plotted_at, samples)
+
+        def changed(value, before):
+            return value if value != before else gr.skip()
+
+        before = shown.texts or (None, None, None)
+        return [new, gr.Timer(interval) if interval != shown.interval else gr.skip(),
+                changed(status, before[0]), changed(bar, before[1]),
+                loss if plots_due else gr.skip(), changed(log, before[2]),
+                plots.lr_frame(view.rates) if plots_due else gr.skip(),
+                plots.sample_gallery(view.samples) if samples != shown.samples else gr.skip()]
 
     @staticmethod
     def _numbers(*raw):
