@@ -64,6 +64,19 @@ def test_save_never_writes_over_a_shipped_preset_or_a_kohya_config(page, tmp_pat
     assert "made elsewhere" in dropdown_options(page)  # the list is read again on every page load
 
 
+def test_opening_the_preset_list_without_picking_keeps_your_edits(page):
+    page.locator("#preset-pick input").click()
+    page.get_by_role("option", name="flux1-dev-12gb (shipped)").click()
+    config_status(page, "flux1-dev-12gb.json")
+    fill(page, "output_name", "my_edit")
+    for _ in range(2):
+        dropdown_options(page)  # open the list, close it without a pick: Gradio calls that an input
+    page.locator("#check").click()
+    wait_for_message(page, "Fix these", "Ready to start")
+    page.wait_for_timeout(1000)  # a reload started by the closing would have landed by now
+    assert field(page, "output_name").input_value() == "my_edit"
+
+
 def test_start_over_a_finished_run_offers_continue_new_name_or_overwrite(page, tmp_path, tiny_model_files):
     values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=2)
     assert train(values).status == "completed"

@@ -70,7 +70,7 @@ class ConfigBar:
         gr.on(left_events(inputs), remember, inputs=inputs, queue=False, show_progress="hidden")
         load_outputs = [*inputs, self.preset_path, self.status]
         self.load_button.click(self.load, inputs=self.preset_path, outputs=load_outputs)
-        self.preset_pick.input(self.load, inputs=self.preset_pick, outputs=load_outputs)
+        self.preset_pick.select(self.load, inputs=self.preset_pick, outputs=load_outputs)
         self.save_button.click(self.save_over, inputs=[self.preset_path, *inputs], outputs=[self.status, self.preset_pick])
         self.save_as_button.click(self.save_as, inputs=[self.save_as_name, *inputs],
                                   outputs=[self.status, self.preset_pick, self.preset_path])
