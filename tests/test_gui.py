@@ -4,6 +4,7 @@ The page fixtures and the helpers that act on it are in tests/fixtures/browser.p
 import json
 
 from engine.preset import load_preset, save_preset
+from gui.parts.training_panel import IDLE_TICK_SECONDS, TICK_SECONDS
 from tests.fixtures.browser import (browser_candidates, field, fill, line_pixels, load_through_page, tab,
                                     wait_for_line_pixels, wait_for_message, wait_for_status)
 from tests.fixtures.datasets import tiny_training_values, write_images
@@ -188,7 +189,7 @@ def test_stop_saves_state_and_second_start_is_refused(page, tmp_path, tiny_model
     wait_for_status(page, "Training —")
     page.locator("#start").click()
     assert "A training run is already going" in wait_for_message(page, "already going")
-    page.wait_for_timeout(1500)  # a timer tick later the refusal is still there
+    page.wait_for_timeout(1000 * TICK_SECONDS + 500)  # a timer tick later (a run goes) the refusal is still there
     assert "already going" in page.locator("#run-message").inner_text()
     page.locator("#stop").click()
     assert "Stopping at the next step" in wait_for_message(page, "Stopping")
@@ -209,7 +210,7 @@ def test_problems_and_engine_errors_show_in_the_page(page, tmp_path, tiny_model_
     assert f"{tmp_path / 'nope.safetensors'}: file not found" in message.replace("\\", "")
     assert "Epochs (epoch): empty" in message.replace("\\", "")  # both problems at once, by field label
     fill(page, "epoch", 2)
-    page.wait_for_timeout(1500)  # the problems stay on screen past a timer tick
+    page.wait_for_timeout(1000 * IDLE_TICK_SECONDS + 500)  # the problems stay on screen past a timer tick
     assert "Fix these before starting" in page.locator("#run-message").inner_text()
     # The VAE given as the transformer: the preflight names it at Start, before anything loads.
     fill(page, "pretrained_model_name_or_path", tiny_model_files["ae"])

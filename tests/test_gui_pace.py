@@ -23,6 +23,20 @@ def test_gradio_queue_has_the_pace_settings_we_set(tmp_path, monkeypatch):
     assert {name: getattr(demo._queue, name) for name in QUEUE_IDLE_PACE} == QUEUE_IDLE_PACE
 
 
+def test_the_tick_leaves_the_answers_to_buttons_alone(tmp_path, monkeypatch):
+    """Start's refusal or Check's problems stay on screen however often the tick comes."""
+    monkeypatch.setenv("FLUXLORA_HOME", str(tmp_path))
+    from gui.app import build_app
+
+    config = build_app().config
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    timer = next(c["id"] for c in config["components"] if c["type"] == "timer")
+    ticks = [d for d in config["dependencies"] if [timer, "tick"] in [list(t) for t in d["targets"]]]
+    assert len(ticks) == 1
+    assert ids["status-box"] in ticks[0]["outputs"]
+    assert not {ids["run-message"], ids["vram-status"], ids["config-status"]} & set(ticks[0]["outputs"])
+
+
 def sent(value) -> bool:
     return not (isinstance(value, dict) and value == gr.skip())
 
