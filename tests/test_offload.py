@@ -145,3 +145,32 @@ def test_loader_puts_only_the_swapped_blocks_in_ram(tmp_path):
     assert in_ram == {"transformer_blocks.1", "single_transformer_blocks.1", "single_transformer_blocks.2"}
     assert all(p.device.type == "meta" for name, p in model.named_parameters()
                if not name.startswith(tuple(in_ram)))
+
+
+class _Cycle:
+    """A model-like object that refers to itself, so only the cycle collector can free it."""
+
+    def __init__(self):
+        self.weight = torch.zeros(1024)
+        self.me = self
+
+
+def test_a_run_frees_what_earlier_runs_left_in_cycles_and_collects_its_own():
+    import gc
+    import weakref
+
+    from engine.training.placement import free_memory, settle_memory
+
+    earlier = _Cycle()
+    left_by_an_earlier_run = weakref.ref(earlier)
+    del earlier
+    try:
+        settle_memory()
+        assert left_by_an_earlier_run() is None  # gone before the run loads anything
+        made_by_this_run = _Cycle()
+        this_run = weakref.ref(made_by_this_run)
+        del made_by_this_run
+        free_memory()
+        assert this_run() is None  # what the run made is still scanned and freed
+    finally:
+        gc.unfreeze()

@@ -30,6 +30,15 @@ class EncoderPlacement:
             model.to("cpu")
 
 
+def settle_memory() -> None:
+    """At the start of a run, before it loads anything: free what earlier runs of this process left
+    in reference cycles, then freeze what survives (the imported libraries, the page: ~0.5M objects)
+    out of the cycle collector's view. free_memory() then scans only what runs make from here on; a
+    full scan takes 0.5-0.8 s each time. Frozen objects are still freed when nothing refers to them."""
+    gc.collect()
+    gc.freeze()
+
+
 def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():

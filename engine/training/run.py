@@ -19,7 +19,7 @@ from engine.training.data import epoch_batches, load_samples, process_batches, s
 from engine.training.latents import LatentEncoding
 from engine.training.model_setup import load_transformer_with_lora, prepare_for_training
 from engine.training.optim import optimizer_notes
-from engine.training.placement import EncoderPlacement, make_accelerator
+from engine.training.placement import EncoderPlacement, make_accelerator, settle_memory
 from engine.training.reporting import RunReporter
 from engine.training.sampling import TrainingSampler
 from engine.training.step import FlowMatchingStep, NoiseSettings
@@ -54,6 +54,7 @@ class TrainingRun:
     def execute(self) -> Finished:
         from accelerate.utils import set_seed
 
+        settle_memory()
         self._start_accelerator()
         values = self.values = swap_for_device(self.values, self.device, self.log)
         set_seed(values["seed"])
