@@ -72,6 +72,9 @@ def prepare(values: dict, overwrite: bool, tag: bool, progress) -> tuple[str, di
     if result.saved_captions:
         lines.append(f"{len(result.saved_captions)} old captions no longer used were saved under "
                      "`log/previous captions`.")
+    for leftover in result.leftovers:
+        lines.append(f"**Kept `{leftover}`**: an interrupted earlier preparation left it, and it may hold "
+                     "files that were in the destination (model/, log/). Move back what you need, then delete it.")
     rejected = list(result.rejected)
     if tagged is not None:
         lines.append(f"Tagged **{tagged.tagged}**, skipped {tagged.skipped} that already had captions.")

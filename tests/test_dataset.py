@@ -593,3 +593,33 @@ def test_an_unwritable_caption_rejects_that_image_and_the_run_goes_on(tagger, tm
     result = tag_folder(tagger, tmp_path)
     assert result.tagged == 1 and read_caption(tmp_path / "b.txt") == "red theme"
     assert [(Path(p).name, r.startswith("cannot write a.txt")) for p, r in result.rejected] == [("a.png", True)]
+
+
+def test_a_parked_folder_left_by_an_interrupted_preparation_is_kept_and_named(tmp_path):
+    source = photos(tmp_path / "src", captions=False)
+    dest = tmp_path / "dest"
+    prepare_dataset("ohwx", "man", source, 10, dest)
+    # A crash between parking DEST and renaming the new one in left the user's files here.
+    parked = tmp_path / ".dest.old"
+    (parked / "model").mkdir(parents=True)
+    (parked / "model/ohwx.safetensors").write_bytes(b"the only copy")
+    events = []
+    prepare_dataset("ohwx", "man", source, 3, dest, overwrite=True, on_event=events.append)
+    assert (parked / "model/ohwx.safetensors").read_bytes() == b"the only copy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dest.old", "dest", "src"]  # this run's parking is gone
+    warnings = [e.text for e in events if isinstance(e, Log) and e.level == "warning"]
+    assert warnings == [f"{parked} was left by an interrupted earlier preparation and may hold files that were in "
+                        "dest (model/, log/); it is kept: move back what you need, then delete it"]
+    assert sorted(p.name for p in (dest / "img").iterdir()) == ["3_ohwx man"]
+
+
+def test_the_page_names_a_kept_leftover_of_an_interrupted_preparation(tmp_path):
+    from engine.preset import default_values
+    from gui import actions
+
+    source = photos(tmp_path / "src", captions=False)
+    (tmp_path / ".dest.old").mkdir()
+    values = dict(default_values(), dataset_instance_prompt="ohwx", dataset_class_prompt="man",
+                  dataset_images_dir=str(source), dataset_dest_dir=str(tmp_path / "dest"), dataset_repeats=3)
+    message, _ = actions.prepare(values, overwrite=False, tag=False, progress=lambda *a, **k: None)
+    assert f"**Kept `{tmp_path / '.dest.old'}`**: an interrupted earlier preparation left it" in message

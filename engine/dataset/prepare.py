@@ -13,6 +13,7 @@ in the old DEST are never lost silently:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ class PrepareResult:
     kept_captions: int = 0  # old DEST captions reused for images without a source caption
     saved_captions: list[str] = field(default_factory=list)  # old captions moved to log/previous captions
     train_folder: str = ""  # DEST/img/{N}_{instance} {class}: what `--tag` captions
+    leftovers: list[str] = field(default_factory=list)  # parked DEST folders an interrupted preparation left
 
 
 def copy_info_for(dest: str | Path, with_reg: bool) -> dict[str, str]:
@@ -98,7 +100,7 @@ def prepare_dataset(instance: str, class_word: str, images_dir, repeats: int, de
             reasons = "; ".join(f"{Path(path).name}: {reason}" for path, reason in result.rejected[:3])
             raise DatasetError(f"no usable images in {sources[0][1]} ({reasons}{'; ...' if len(result.rejected) > 3 else ''})")
         _save_dropped_captions(old_captions, staging, result, on_event)
-        _commit(staging, dest)
+        _commit(staging, dest, result, on_event)
     except OSError as exc:  # disk full, a file in DEST open in another program, ...
         state = "the old one is unchanged" if dest.exists() else "nothing was written"
         raise DatasetError(f"preparing {dest} failed ({exc}); {state}") from exc
@@ -217,16 +219,27 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
-def _commit(staging: Path, dest: Path) -> None:
+def _parked_names(dest: Path) -> list[Path]:
+    """`.DEST.old`, `.DEST (2).old`, ...: where DEST waits while the new one is put in place."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}( \(\d+\))?\.old")
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name)) if dest.parent.is_dir() else []
+
+
+def _commit(staging: Path, dest: Path, result: PrepareResult, on_event=None) -> None:
     """Rename staging to DEST; an existing DEST first gives its kept entries (all but img/, reg/) to it.
 
-    Every move is recorded, so a failure puts them back and DEST is as it was.
+    Every move is recorded, so a failure puts them back and DEST is as it was. A parked DEST that an
+    interrupted earlier preparation left may hold the only copy of files from DEST: it is kept, and named.
     """
+    for leftover in _parked_names(dest):
+        result.leftovers.append(str(leftover))
+        emit(on_event, Log(f"{leftover} was left by an interrupted earlier preparation and may hold files that "
+                           f"were in {dest.name} (model/, log/); it is kept: move back what you need, then delete it",
+                           "warning"))
     if not dest.exists():
         replace(staging, dest)
         return
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = _free_name(dest.with_name(f".{dest.name}.old"))
     replace(dest, old)  # retried while Explorer or an antivirus scan holds a file in DEST
     moves: list[tuple[Path, Path]] = []
 
