@@ -32,9 +32,6 @@ discrete_flow_shift model_prediction_type blocks_to_swap highvram mem_eff_save s
 save_state_on_train_end resume max_grad_norm gradient_accumulation_steps""".split()
 
 
-run_cli = run_engine
-
-
 def test_schema_declares_every_design_key():
     missing = [key for key in DESIGN_KEYS if key not in OPTIONS]
     assert missing == []
@@ -202,7 +199,7 @@ KOHYA_FLUX_CONFIG = {
 def test_kohya_flux_config_imports_with_values_and_unused_keys(tmp_path):
     source = tmp_path / "kohya config.json"
     source.write_text(json.dumps(KOHYA_FLUX_CONFIG, indent=2))
-    result = run_cli("preset", "import-kohya", source, tmp_path / "ours.json")
+    result = run_engine("preset", "import-kohya", source, tmp_path / "ours.json")
     assert result.returncode == 0, result.stderr
     imported = load_preset(tmp_path / "ours.json")
     values = imported.values
@@ -339,7 +336,7 @@ def test_shipped_presets_validate_with_empty_paths(name):
     path_keys = [o.key for o in OPTIONS_TABLE if o.type in ("file", "dir")]
     assert all(result.values[key] == "" for key in path_keys)
     assert len(result.values["description"]) > 80
-    cli = run_cli("preset", "validate", path)
+    cli = run_engine("preset", "validate", path)
     assert cli.returncode == 0 and cli.stdout.strip() == f"{path}: valid preset"
 
 
@@ -359,13 +356,13 @@ def test_larger_card_presets_differ_only_where_described():
 def test_cli_validate_reports_errors_and_exit_code(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"preset_version": 1, "epoch": 0, "optimizer": "Lion"}))
-    result = run_cli("preset", "validate", path)
+    result = run_engine("preset", "validate", path)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: {path}: epoch: 0 is not allowed, expected a whole number from 1 to 100000",
         f"error: {path}: optimizer: 'Lion' is not allowed, expected one of 'AdamW', 'AdamW8bit', 'Adafactor', 'Prodigy'",
     ]
-    missing = run_cli("preset", "validate", tmp_path / "nope.json")
+    missing = run_engine("preset", "validate", tmp_path / "nope.json")
     assert missing.returncode == 1 and "nope.json: file not found" in missing.stderr
 
 

@@ -27,11 +27,6 @@ def names(folder):
     return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
 
 
-def run_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, **kwargs)
-
-
 def test_chain_3_5_6_epochs_keeps_every_epoch_and_its_state(tiny_model_files, tmp_path):
     values = tiny_training_values(tiny_model_files, tmp_path, images=2, epoch=3, save_state=True)
     assert train(values).status == "completed"

@@ -12,11 +12,6 @@ from engine.trainer import check_ready, train
 from tests.fixtures.cli import run_engine
 from tests.fixtures.datasets import tiny_training_values, write_images
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-run_cli = run_engine
-
 
 class ForwardCounter:
     """Counts real forward calls of the VAE encoder and both text encoders (global hook)."""
@@ -46,7 +41,7 @@ def test_cli_two_epochs_writes_loras_events_and_log(tiny_model_files, tmp_path):
     values = tiny_training_values(tiny_model_files, tmp_path, epoch=2)
     preset = tmp_path / "my preset.json"
     save_preset(values, preset)
-    result = run_cli("train", preset, "--set", "save_state_on_train_end=false")
+    result = run_engine("train", preset, "--set", "save_state_on_train_end=false")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     # The last epoch is numbered too, so a later Continue never loses it.
@@ -70,7 +65,7 @@ def test_cli_reports_every_problem_at_once(tmp_path):
 
     preset = tmp_path / "p.json"
     save_preset(dict(default_values(), train_data_dir=str(tmp_path / "nowhere"), output_dir=str(tmp_path)), preset)
-    result = run_cli("train", preset)
+    result = run_engine("train", preset)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[:4] == [
